@@ -1,0 +1,28 @@
+"""forceprune: physics-inspired structured pruning for PyTorch.
+
+    import forceprune as fp
+    pruner = fp.ForcePruner(model, example_inputs, force="etp", beta=1e-4)
+    loss = task_loss + pruner.penalty()
+    optimizer.step(); pruner.step()
+    report = pruner.prune()
+"""
+from . import forces
+from .errors import ForcePruneError, NonFiniteError, UnknownForceError
+from .metrics import count_macs_params, layer_macs, measure_latency
+from .pruner import ForcePruner
+from .report import PruneReport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ForcePruner",
+    "PruneReport",
+    "ForcePruneError",
+    "NonFiniteError",
+    "UnknownForceError",
+    "count_macs_params",
+    "layer_macs",
+    "measure_latency",
+    "forces",
+    "__version__",
+]

@@ -1,0 +1,16 @@
+"""Exceptions raised by forceprune. Every message names the cause and the fix."""
+
+
+class ForcePruneError(ValueError):
+    """Bad input to forceprune: the message says what is wrong and how to fix it."""
+
+
+class UnknownForceError(ForcePruneError, KeyError):
+    """A force name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0] if self.args else ""
+
+
+class NonFiniteError(ForcePruneError, FloatingPointError):
+    """NaN or Inf in weights or in the penalty."""

@@ -1,0 +1,167 @@
+"""Lossless removal: physically delete units that are exactly zero.
+
+A unit can go without changing the model's function when either
+
+* every consumer reads it with all-zero weights (nobody listens), or
+* its producer weights are all zero, so the channel carries a constant ``c`` (``act(BN beta)``
+  or ``act(bias)``, usually 0). The constant is measured on calibration inputs at each
+  consumer's input and folded into the consumer's bias:
+  ``linear: b += W[:, j] c``; ``conv: b += sum_{kh,kw} W[:, j] c`` (exact when the consumer
+  has no zero padding or ``c == 0``; otherwise the border error is measured and reported).
+
+Surgery itself is torch-pruning's: one dependency group per unit set.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .capture import producers_zero
+from .units import CONSUMER, UnitSet, run_model
+
+
+@dataclass
+class RemovalPlan:
+    """What to remove from one unit set: ``(G,)`` bool masks."""
+
+    unit_set: UnitSet
+    remove: torch.Tensor
+    fold: torch.Tensor  # units whose constant output must be folded into consumers
+
+
+def consumers_zero(us: UnitSet, tolerance: float = 0.0) -> torch.Tensor:
+    """``(G,)`` bool: units read by at least one consumer, all with weights ``<= tolerance``."""
+    out = torch.ones(us.size, dtype=torch.bool)
+    found = False
+    for s in us.slices:
+        if s.role == CONSUMER:
+            found = True
+            m = s.elements().detach().abs().float().cpu().amax(1)
+            out &= torch.zeros(us.size).scatter_reduce(0, s.unit.cpu(), m, "amax") <= tolerance
+    return out if found else torch.zeros(us.size, dtype=torch.bool)
+
+
+def removable_units(us: UnitSet, tolerance: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(remove, fold)`` masks: units that can go, and those among them needing a bias fold."""
+    silent = consumers_zero(us, tolerance)
+    constant = producers_zero(us, tolerance) & ~silent
+    has_consumer = any(s.role == CONSUMER for s in us.slices)
+    if not has_consumer:
+        constant &= False
+    return silent | constant, constant
+
+
+def _channel_values(x: torch.Tensor, module: nn.Module, index: torch.Tensor) -> torch.Tensor:
+    """Input values of ``module`` at channel positions ``index``: shape ``(n, samples)``."""
+    if isinstance(module, nn.Linear):
+        flat = x.reshape(-1, x.shape[-1])
+        return flat[:, index].T
+    return x.transpose(0, 1).reshape(x.shape[1], -1)[index]
+
+
+def measure_constants(model: nn.Module, plans: list[RemovalPlan], calibration_inputs) -> dict:
+    """Run the model once; for each (consumer slice, unit) to fold, the constant it reads.
+
+    Returns ``{(id(slice), unit): (constant, spread)}`` where ``spread`` is the largest
+    deviation from the constant seen on the calibration inputs.
+    """
+    wanted = {}
+    for plan in plans:
+        if not bool(plan.fold.any()):
+            continue
+        for s in plan.unit_set.slices:
+            if s.role == CONSUMER:
+                wanted.setdefault(s.module, []).append((s, plan.fold))
+    seen: dict[nn.Module, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.setdefault(mod, args[0].detach())) for m in wanted]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            run_model(model, calibration_inputs)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    out = {}
+    for module, entries in wanted.items():
+        x = seen[module].float()
+        for s, fold in entries:
+            sel = fold[s.unit]
+            vals = _channel_values(x, module, s.index[sel])
+            const = vals.mean(1)
+            spread = (vals - const[:, None]).abs().amax(1)
+            for pos, c, sp in zip(s.index[sel].tolist(), const.tolist(), spread.tolist()):
+                out[(id(s), pos)] = (c, sp)
+    return out
+
+
+def fold_constants(plans: list[RemovalPlan], constants: dict) -> list[str]:
+    """Add each removed channel's constant contribution to its consumers' biases.
+
+    Returns warnings for folds that are not exact (zero-padded conv consumers with c != 0).
+    """
+    warnings = []
+    with torch.no_grad():
+        for plan in plans:
+            for s in plan.unit_set.slices:
+                if s.role != CONSUMER:
+                    continue
+                m = s.module
+                for pos in s.index[plan.fold[s.unit]].tolist():
+                    c, _ = constants[(id(s), pos)]
+                    if c == 0.0:
+                        continue
+                    if m.bias is None:
+                        m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], dtype=m.weight.dtype, device=m.weight.device))
+                    if isinstance(m, nn.Linear):
+                        m.bias += m.weight[:, pos] * c
+                        continue
+                    if getattr(m, "transposed", False):
+                        m.bias += m.weight[pos].sum(dim=tuple(range(1, m.weight.dim() - 1))) * c
+                        continue
+                    per_group = m.weight.shape[1]
+                    rows = slice(None)
+                    if m.groups > 1:
+                        g = pos // per_group
+                        step = m.out_channels // m.groups
+                        rows = slice(g * step, (g + 1) * step)
+                    m.bias[rows] += m.weight[rows, pos % per_group].flatten(1).sum(1) * c
+                    if any(p != 0 for p in _padding(m)):
+                        warnings.append(
+                            f"{s.module_name}: folded constant {c:.3g} of a removed channel into a zero-padded conv;"
+                            " exact inside the image, approximate at its border"
+                        )
+    return warnings
+
+
+def _padding(conv: nn.Module) -> tuple:
+    p = conv.padding
+    if isinstance(p, str):
+        return (0,) if p == "valid" else (1,)
+    return tuple(p)
+
+
+def apply_removal(graph, plans: list[RemovalPlan]) -> dict[str, list[int]]:
+    """Remove the planned units with torch-pruning; return kept root indices per unit set."""
+    kept = {}
+    for plan in plans:
+        us = plan.unit_set
+        idxs = torch.nonzero(plan.remove).flatten().tolist()
+        kept[us.name] = [i for i in range(us.size) if i not in set(idxs)]
+        if idxs:
+            graph.get_pruning_group(us.root, us.root_fn, idxs).prune()
+    return kept
+
+
+def output_error(before, after) -> float:
+    """Largest absolute difference relative to the largest absolute output (both flattened)."""
+    from .units import flatten_tensors
+
+    a = torch.cat([t.detach().float().flatten() for t in flatten_tensors(before)])
+    b = torch.cat([t.detach().float().flatten() for t in flatten_tensors(after)])
+    if a.shape != b.shape:
+        return float("inf")
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))

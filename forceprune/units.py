@@ -1,0 +1,307 @@
+"""Prunable units: which slices of which parameters move together.
+
+A *unit* is one prunable channel (a conv filter, a linear neuron, ...) together with every
+slice coupled to it: the producer's weight rows and bias, the BatchNorm entries, and the
+input columns of every consumer. A :class:`UnitSet` holds the ``G`` units of one
+torch-pruning dependency group (e.g. all channels tied together by residual additions).
+
+This module knows nothing about forces: it only says *what* a unit is, computes per-unit
+norms over all coupled slices, and zeroes units. The coupling itself comes from
+torch-pruning's :class:`~torch_pruning.DependencyGraph`; we never trace a second graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning.pruner import function as tpf
+
+from .errors import ForcePruneError
+
+#: Roles a slice can play in a unit.
+PRODUCER_WEIGHT = "producer_weight"  # conv/linear output rows (what ETP's official code penalises)
+PRODUCER_OTHER = "producer_other"  # producer bias, BatchNorm/affine entries
+CONSUMER = "consumer"  # input columns of the layers that read the channel
+
+_OUT_FNS = {
+    tpf.prune_conv_out_channels: "conv",
+    tpf.prune_depthwise_conv_out_channels: "conv",
+    tpf.prune_linear_out_channels: "linear",
+    tpf.prune_batchnorm_out_channels: "norm",
+    tpf.prune_prelu_out_channels: "prelu",
+}
+_IN_FNS = {
+    tpf.prune_conv_in_channels: "conv",
+    tpf.prune_linear_in_channels: "linear",
+}
+#: Groups touching these handlers are not treated as prunable units by default: removing a
+#: channel of a LayerNorm/GroupNorm/embedding changes statistics or vocabularies, so the
+#: removal could not be lossless.
+_UNSUPPORTED_FNS = {
+    tpf.prune_layernorm_out_channels,
+    tpf.prune_groupnorm_out_channels,
+    tpf.prune_instancenorm_out_channels,
+    tpf.prune_embedding_out_channels,
+    tpf.prune_parameter_out_channels,
+    tpf.prune_multihead_attention_out_channels,
+    tpf.prune_lstm_out_channels,
+}
+
+
+@dataclass
+class Slice:
+    """One parameter's share of a unit set.
+
+    ``index`` has shape ``(n,)`` (positions along ``dim`` of the parameter) and ``unit`` has
+    shape ``(n,)`` (which unit, 0..G-1, each position belongs to). For grouped convolutions
+    read as consumers, ``rows`` restricts each position to the output rows of its group.
+    """
+
+    module: nn.Module
+    module_name: str
+    param_name: str  # "weight" | "bias"
+    dim: int
+    index: torch.Tensor
+    unit: torch.Tensor
+    role: str
+    kind: str  # "conv" | "linear" | "norm" | "prelu"
+    group_rows: int = 0  # >0 only for grouped-conv consumers: output rows per group
+
+    @property
+    def param(self) -> torch.Tensor:
+        return getattr(self.module, self.param_name)
+
+    def elements(self, tensor: torch.Tensor | None = None) -> torch.Tensor:
+        """Elements of ``tensor`` (default: the parameter) per position: shape ``(n, m)``."""
+        t = self.param if tensor is None else tensor
+        if self.group_rows:
+            per_group = t.shape[1]
+            group = self.index // per_group
+            local = self.index % per_group
+            rows = group[:, None] * self.group_rows + torch.arange(self.group_rows, device=t.device)
+            return t[rows, local[:, None]].reshape(len(self.index), -1)
+        moved = t.movedim(self.dim, 0) if self.dim else t
+        return moved.index_select(0, self.index.to(t.device)).reshape(len(self.index), -1)
+
+    def zero_(self, tensor: torch.Tensor, units: torch.Tensor) -> None:
+        """Set to zero, in place, this slice's elements of ``tensor`` for the given units.
+
+        ``tensor`` is the parameter itself or an optimizer state tensor of the same shape.
+        ``units`` is a ``(G,)`` bool mask over the unit set.
+        """
+        sel = units.to(self.unit.device)[self.unit]
+        if not bool(sel.any()):
+            return
+        pos = self.index[sel].to(tensor.device)
+        with torch.no_grad():
+            if self.group_rows:
+                per_group = tensor.shape[1]
+                rows = (pos // per_group)[:, None] * self.group_rows + torch.arange(
+                    self.group_rows, device=tensor.device
+                )
+                tensor[rows, (pos % per_group)[:, None]] = 0
+            else:
+                tensor.index_fill_(self.dim, pos, 0)
+
+
+@dataclass
+class UnitSet:
+    """The ``G`` coupled units of one dependency group.
+
+    ``root`` is the layer whose output channels define the group; unit ``i`` is the
+    ``i``-th output channel of ``root``, so distances to a pivot are measured in ``root``'s
+    native channel order.
+    """
+
+    name: str
+    root: nn.Module
+    root_fn: object
+    size: int
+    slices: list[Slice] = field(default_factory=list)
+    dead: torch.Tensor | None = None  # (G,) bool: units captured at exactly zero
+
+    def __post_init__(self) -> None:
+        if self.dead is None:
+            self.dead = torch.zeros(self.size, dtype=torch.bool)
+
+    def select(self, include: str) -> list[Slice]:
+        """Slices a force acts on. ``include``: ``"all"`` (every coupled slice),
+        ``"producers"`` (producer weights, biases and norm entries) or ``"weights"``
+        (producer conv/linear weights only, as ETP's official code)."""
+        roles = {
+            "all": (PRODUCER_WEIGHT, PRODUCER_OTHER, CONSUMER),
+            "producers": (PRODUCER_WEIGHT, PRODUCER_OTHER),
+            "weights": (PRODUCER_WEIGHT,),
+        }[include]
+        return [s for s in self.slices if s.role in roles]
+
+    def unit_sums(self, include: str, power: int) -> torch.Tensor:
+        """Differentiable ``(G,)`` tensor: sum over each unit's elements of ``|w|**power``."""
+        out = None
+        for s in self.select(include):
+            e = s.elements()
+            part = e.abs().sum(1) if power == 1 else e.pow(2).sum(1)
+            acc = torch.zeros(self.size, dtype=part.dtype, device=part.device)
+            acc = acc.index_add(0, s.unit.to(part.device), part)
+            out = acc if out is None else out + acc
+        if out is None:
+            raise ForcePruneError(f"unit set {self.name!r} has no slice of kind {include!r}")
+        return out
+
+    def unit_max_abs(self, include: str) -> torch.Tensor:
+        """``(G,)`` tensor: largest absolute element of each unit (no grad)."""
+        with torch.no_grad():
+            out = torch.zeros(self.size)
+            for s in self.select(include):
+                e = s.elements().detach().abs().float().cpu()
+                m = e.amax(1) if e.shape[1] else torch.zeros(len(e))
+                out = torch.maximum(out, torch.zeros(self.size).scatter_reduce(0, s.unit.cpu(), m, "amax"))
+            return out
+
+    def numel(self, include: str) -> torch.Tensor:
+        """``(G,)`` tensor: number of elements each unit has in the selected slices."""
+        n = torch.zeros(self.size)
+        for s in self.select(include):
+            per_pos = s.elements().shape[1]
+            n.index_add_(0, s.unit.cpu(), torch.full((len(s.unit),), float(per_pos)))
+        return n
+
+    def zero_(self, units: torch.Tensor, include: str, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Zero the selected slices of ``units`` ((G,) bool) in the parameters and, if given,
+        in every optimizer state tensor shaped like them (momentum, Adam moments)."""
+        for s in self.select(include):
+            p = s.param
+            s.zero_(p.data, units)
+            if p.grad is not None:
+                s.zero_(p.grad, units)
+            if optimizer is not None and p in optimizer.state:
+                for v in optimizer.state[p].values():
+                    if torch.is_tensor(v) and v.shape == p.shape:
+                        s.zero_(v, units)
+
+    def producer_modules(self) -> list[nn.Module]:
+        return list({id(s.module): s.module for s in self.slices if s.role == PRODUCER_WEIGHT}.values())
+
+
+def _slice_from_dep(dep, idxs, root_idxs, names: dict) -> list[Slice]:
+    layer, fn = dep.target.module, dep.handler
+    if not isinstance(layer, nn.Module):
+        return []
+    index = torch.as_tensor(list(idxs), dtype=torch.long)
+    unit = torch.as_tensor(list(root_idxs), dtype=torch.long)
+    name = names.get(layer, layer.__class__.__name__)
+    out: list[Slice] = []
+    if fn in _OUT_FNS:
+        kind = _OUT_FNS[fn]
+        if kind in ("conv", "linear"):
+            transposed = getattr(layer, "transposed", False)
+            out.append(Slice(layer, name, "weight", 1 if transposed else 0, index, unit, PRODUCER_WEIGHT, kind))
+            if getattr(layer, "bias", None) is not None:
+                out.append(Slice(layer, name, "bias", 0, index, unit, PRODUCER_OTHER, kind))
+        elif kind == "norm":
+            if getattr(layer, "affine", False):
+                out.append(Slice(layer, name, "weight", 0, index, unit, PRODUCER_OTHER, kind))
+                out.append(Slice(layer, name, "bias", 0, index, unit, PRODUCER_OTHER, kind))
+        elif kind == "prelu" and layer.weight.numel() > 1:
+            out.append(Slice(layer, name, "weight", 0, index, unit, PRODUCER_OTHER, kind))
+    elif fn in _IN_FNS:
+        kind = _IN_FNS[fn]
+        if kind == "conv" and getattr(layer, "transposed", False):
+            out.append(Slice(layer, name, "weight", 0, index, unit, CONSUMER, kind))
+        elif kind == "conv" and layer.groups > 1:
+            rows = layer.out_channels // layer.groups
+            out.append(Slice(layer, name, "weight", 1, index, unit, CONSUMER, kind, group_rows=rows))
+        else:
+            out.append(Slice(layer, name, "weight", 1, index, unit, CONSUMER, kind))
+    return out
+
+
+def find_output_layers(model: nn.Module, example_inputs) -> list[nn.Module]:
+    """Conv/linear layers whose output *is* (part of) the model's output: the classifier
+    heads. Found by running the model once with forward hooks."""
+    produced: dict[int, nn.Module] = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, _i, o: produced.__setitem__(id(o), mod) if torch.is_tensor(o) else None)
+        for m in model.modules()
+        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+    ]
+    try:
+        with torch.no_grad():
+            outputs = run_model(model, example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    heads = []
+    for t in flatten_tensors(outputs):
+        if id(t) in produced:
+            heads.append(produced[id(t)])
+    return heads
+
+
+def flatten_tensors(obj) -> list[torch.Tensor]:
+    """All tensors inside nested tuples/lists/dicts/ModelOutputs, in order."""
+    if torch.is_tensor(obj):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in flatten_tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in flatten_tensors(v)]
+    return []
+
+
+def run_model(model: nn.Module, example_inputs):
+    """Call ``model`` on example inputs given as a tensor, a tuple/list of args or a dict of kwargs."""
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (list, tuple)):
+        return model(*example_inputs)
+    return model(example_inputs)
+
+
+def build_unit_sets(
+    model: nn.Module,
+    example_inputs,
+    ignored_layers: Sequence[nn.Module] = (),
+    ignore_output_layers: bool = True,
+    root_module_types: Iterable[type] = (nn.modules.conv._ConvNd, nn.Linear),
+) -> tuple[tp.DependencyGraph, list[UnitSet]]:
+    """Trace ``model`` with torch-pruning and return its graph and prunable unit sets.
+
+    Groups are skipped when they touch an ignored layer (and, by default, the model's output
+    layers) or a layer whose channels cannot be removed losslessly (LayerNorm, GroupNorm,
+    embeddings: the hidden size of a transformer, for example).
+    """
+    ignored = list(ignored_layers)
+    if ignore_output_layers:
+        ignored += find_output_layers(model, example_inputs)
+    ignored_all = [sub for m in ignored for sub in m.modules()]
+    was_training = model.training
+    model.eval()
+    try:
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    except Exception as exc:  # torch-pruning raises many kinds; name the cause and the fix
+        raise ForcePruneError(
+            f"could not trace the model with the given example_inputs ({type(exc).__name__}: {exc}). "
+            "Pass example_inputs that the model accepts: a tensor, a tuple of positional args, "
+            "or a dict of keyword args, e.g. torch.randn(1, 3, 32, 32)."
+        ) from exc
+    finally:
+        model.train(was_training)
+    names = {m: n for n, m in model.named_modules()}
+    unit_sets: list[UnitSet] = []
+    for group in graph.get_all_groups(ignored_layers=ignored_all, root_module_types=tuple(root_module_types)):
+        if any(dep.handler in _UNSUPPORTED_FNS for dep, _ in group):
+            continue
+        root_dep = group[0].dep
+        root = root_dep.target.module
+        size = len(group[0].idxs)
+        slices = []
+        for item in group:
+            slices += _slice_from_dep(item.dep, item.idxs, item.root_idxs, names)
+        if size < 2 or not any(s.role == PRODUCER_WEIGHT for s in slices):
+            continue
+        unit_sets.append(UnitSet(name=names.get(root, str(root)), root=root, root_fn=root_dep.handler, size=size, slices=slices))
+    return graph, unit_sets
