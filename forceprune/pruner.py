@@ -59,7 +59,10 @@ class ForcePruner:
         threshold: capture threshold, in weight units.
         capture_every: capture every this many :meth:`step` calls (``0``: only when
             :meth:`capture` is called, e.g. at epoch end as ETP's code does).
-        optimizer: optional; its momentum/Adam state of captured units is cleared too.
+        snap: factor on the proximal capture bound (see :mod:`forceprune.capture`); ``0``
+            turns it off, leaving the fixed ``threshold`` only.
+        optimizer: the training optimizer (recommended): its step size sets the proximal
+            capture bound, and its momentum/Adam state of captured units is cleared too.
         **force_options: options of the force law (``beta``, ``norm``, ``pivot``, ...).
     """
 
@@ -73,6 +76,7 @@ class ForcePruner:
         capture: str | None = None,
         threshold: float | None = None,
         capture_every: int = 1,
+        snap: float = 1.0,
         optimizer: torch.optim.Optimizer | None = None,
         ignore_output_layers: bool = True,
         **force_options,
@@ -89,6 +93,9 @@ class ForcePruner:
         if not isinstance(capture_every, int) or capture_every < 0:
             raise ForcePruneError(f"capture_every must be an int >= 0, got {capture_every!r}.")
         self.capture_every = capture_every
+        if not (isinstance(snap, (int, float)) and math.isfinite(snap) and snap >= 0):
+            raise ForcePruneError(f"snap must be a finite number >= 0, got {snap!r}; 1.0 is the proximal bound.")
+        self.snap = float(snap)
         self.model = model
         self.example_inputs = example_inputs
         self.ignored_layers = list(ignored_layers or [])
@@ -130,6 +137,7 @@ class ForcePruner:
         for us in self.unit_sets:
             if us.name in old and len(old[us.name]) == us.size:
                 us.dead = old[us.name].clone()
+        self._masks = cap.build_masks(self.unit_sets, self.force.include)
 
     def _device(self) -> torch.device:
         p = next(self.model.parameters(), None)
@@ -167,15 +175,43 @@ class ForcePruner:
         """Call after every ``optimizer.step()``: re-zero captured units; capture new ones
         every ``capture_every`` calls."""
         self.steps += 1
-        cap.enforce_zeros(self.unit_sets, self.force.include, self.optimizer)
+        cap.enforce_zeros(self._masks, self.optimizer)
         if self.capture_every and self.steps % self.capture_every == 0:
             self.capture()
 
     def capture(self) -> int:
         """Capture now: returns how many units became exactly zero."""
         if self.capture_mode == "element":
-            return cap.clip_elements(self.unit_sets, self.force.include, self.threshold, self.optimizer)
-        return cap.capture_units(self.unit_sets, self.force.include, self.threshold, self.optimizer)
+            new = cap.clip_elements(self.unit_sets, self.force.include, self.threshold, self.optimizer)
+        else:
+            new = cap.capture_units(
+                self.unit_sets, self.force.include, self.threshold, self.optimizer, self._prox_bounds()
+            )
+        if new:
+            self._masks = cap.build_masks(self.unit_sets, self.force.include)
+        return new
+
+    def _prox_bounds(self) -> list | None:
+        """Per unit set, the proximal capture bound for the optimizer's current step size."""
+        if self.optimizer is None or self.snap == 0 or self.force.beta == 0 or self.force.norm == "l2sq":
+            return None
+        bounds = []
+        for us in self.unit_sets:
+            group = _param_group(self.optimizer, us.select(self.force.include)[0].param)
+            if group is None:
+                bounds.append(None)
+                continue
+            lr = float(group["lr"])
+            if "betas" in group:  # Adam family: ~lr per element per step
+                bounds.append(("max", torch.full((us.size,), self.snap * lr)))
+                continue
+            eta = lr / (1.0 - float(group.get("momentum", 0.0) or 0.0))
+            with torch.no_grad():
+                norms = self.force.unit_norms(us.unit_sums(self.force.include, self.force.power)).float().cpu()
+                phi = self.force.profile(us.size, norms, self._signs(us)).clamp_min(0)
+            per_unit = self.snap * eta * self.force.beta * phi / (us.size if self.force.reduction == "mean" else 1)
+            bounds.append(("l2" if self.force.norm == "l2" else "max", per_unit))
+        return bounds
 
     # -- introspection -------------------------------------------------------------------------
     def force_field(self) -> list[dict]:
@@ -346,7 +382,15 @@ class ForcePruner:
                         "load it into the same (unpruned) model it was saved from."
                     )
                 us.dead = dead.clone().bool()
-        cap.enforce_zeros(self.unit_sets, self.force.include, self.optimizer)
+        self._masks = cap.build_masks(self.unit_sets, self.force.include)
+        cap.enforce_zeros(self._masks, self.optimizer)
+
+
+def _param_group(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict | None:
+    for group in optimizer.param_groups:
+        if any(p is param for p in group["params"]):
+            return group
+    return None
 
 
 def _keep_one(remove: torch.Tensor, us: UnitSet) -> torch.Tensor:

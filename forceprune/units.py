@@ -304,4 +304,6 @@ def build_unit_sets(
         if size < 2 or not any(s.role == PRODUCER_WEIGHT for s in slices):
             continue
         unit_sets.append(UnitSet(name=names.get(root, str(root)), root=root, root_fn=root_dep.handler, size=size, slices=slices))
+    order = {m: i for i, m in enumerate(model.modules())}
+    unit_sets.sort(key=lambda us: min(order[m] for m in us.producer_modules()))
     return graph, unit_sets

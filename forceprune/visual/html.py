@@ -1,0 +1,101 @@
+"""Self-contained HTML report: summary, pictures (embedded as base64 PNG), widths, config, command."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2rem auto;padding:0 1rem;color:#222}
+h1{font-size:1.5rem;margin-bottom:.2rem} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+.sub{color:#666;margin-top:0} table{border-collapse:collapse;margin:.5rem 0} td,th{padding:.25rem .8rem;border-bottom:1px solid #eee;text-align:right}
+td:first-child,th:first-child{text-align:left} th{background:#f6f6f6} .good{color:#2a7d2a;font-weight:600}
+img{max-width:100%;border:1px solid #eee;margin:.5rem 0} pre{background:#f6f6f6;padding:.8rem;overflow-x:auto;font-size:.85rem}
+.note{color:#666;font-size:.85rem}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}{suffix}"
+    if isinstance(value, int):
+        return f"{value:,}{suffix}"
+    return _e(value)
+
+
+def _ratio(before: float | None, after: float | None) -> str:
+    if not before or not after:
+        return "&ndash;"
+    return f'<span class="good">&times;{before / after:.2f}</span>'
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def summary_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Rows (quantity, before, after, change) of the summary table."""
+    rows = [
+        ["Parameters", _fmt(report.get("params_before")), _fmt(report.get("params_after")),
+         _ratio(report.get("params_before"), report.get("params_after"))],
+        ["MACs per sample", _fmt(report.get("macs_before")), _fmt(report.get("macs_after")),
+         _ratio(report.get("macs_before"), report.get("macs_after"))],
+    ]
+    after = report.get("latency_ms_after") or {}
+    for batch, before in (report.get("latency_ms_before") or {}).items():
+        rows.append([f"Latency, batch {_e(batch)} (ms)", _fmt(before, 3), _fmt(after.get(batch), 3),
+                     _ratio(before, after.get(batch))])
+    return rows
+
+
+def accuracy_rows(report: dict[str, Any]) -> list[list[str]]:
+    """Rows (stage, accuracy) of the accuracy table."""
+    stages = [("Dense baseline", "acc_dense"), ("Force-trained, before removal", "acc_before_removal"),
+              ("After removal (no fine-tuning)", "acc_after_removal"), ("Final", "acc_final"),
+              ("Best epoch (reference only, not used for selection)", "acc_best")]
+    return [[label, _fmt(report.get(key), 2, " %")] for label, key in stages if report.get(key) is not None]
+
+
+def render_html(report: dict[str, Any], pictures: dict[str, Path], path: str | Path) -> Path:
+    """Write ``report.html`` with every picture embedded; returns its path."""
+    title = f"forceprune: {report.get('model')} on {report.get('dataset')}, force {report.get('force')}"
+    images = "".join(
+        f'<h3>{_e(caption)}</h3><img alt="{_e(caption)}" src="data:image/png;base64,'
+        f'{base64.b64encode(Path(file).read_bytes()).decode()}">'
+        for caption, file in pictures.items())
+    layers = [[_e(l["name"]), _fmt(l["width_before"]), _fmt(l["width_after"]),
+               _fmt(100.0 * l["width_after"] / l["width_before"] if l["width_before"] else 0.0, 1, " %")]
+              for l in report.get("layers", [])]
+    note = report.get("dataset_note")
+    error = f"{report['max_output_error']:.3g}" if report.get("max_output_error") is not None else "&ndash;"
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f"<p class='sub'>force options {_e(json.dumps(report.get('force_options', {})))} &middot; seed {_e(report.get('seed'))}"
+        f" &middot; {_e(report.get('epochs'))} epochs &middot; wall time {_fmt(report.get('wall_s'), 1, ' s')}</p>",
+        f"<p class='note'>Dataset note: {_e(note)}</p>" if note else "",
+        "<h2>Accuracy (test set, top-1)</h2>", _table(["Stage", "Accuracy"], accuracy_rows(report)),
+        "<h2>Size and speed</h2>", _table(["Quantity", "Before", "After", "Reduction"], summary_rows(report)),
+        f"<p class='note'>Max output error of removal (pruned vs unpruned model, same weights): {error}. "
+        "Latency: median over repeats, dense and pruned models measured side by side in one process.</p>",
+        "<h2>Pictures</h2>", images,
+        "<h2>Width per layer</h2>", _table(["Layer", "Before", "After", "Kept"], layers),
+        "<h2>Command</h2>", f"<pre>{_e(report.get('command', ''))}</pre>",
+        "<h2>Configuration</h2>", f"<pre>{_e(json.dumps(report.get('config', {}), indent=2))}</pre>",
+        "<h2>Versions</h2>", f"<pre>{_e(json.dumps(report.get('versions', {}), indent=2))}</pre>",
+        "</body></html>",
+    ]
+    path = Path(path)
+    path.write_text("\n".join(p for p in parts if p), encoding="utf-8")
+    return path

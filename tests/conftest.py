@@ -1,0 +1,19 @@
+import os
+import sys
+import warnings
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+torch.set_num_threads(min(2, torch.get_num_threads()))
+warnings.filterwarnings("ignore", message=".*index_reduce.*")
+
+
+@pytest.fixture
+def data_dir():
+    """The shared data folder from $FORCEPRUNE_DATA, or skip the test with a reason."""
+    root = os.environ.get("FORCEPRUNE_DATA")
+    if not root or not os.path.isdir(root):
+        pytest.skip("FORCEPRUNE_DATA is not set to a data folder (CI sets it to ../shared/data)")
+    return root
