@@ -264,7 +264,9 @@ class ForcePruner:
         for us, rem in zip(self.unit_sets, removable):
             idxs = torch.nonzero(_keep_one(rem, us)).flatten().tolist()
             if idxs:
-                graph.get_pruning_group(modules[us.name], us.root_fn, idxs).prune()
+                graph.get_pruning_group(modules[us.root_name], us.root_fn, us.root_channels(idxs)).prune()
+                if us.on_removed is not None:
+                    us.on_removed(clone, [i for i in range(us.size) if i not in set(idxs)])
         macs, params = count_macs_params(clone, inputs)
         return macs_dense, params_dense, macs, params
 
@@ -297,7 +299,7 @@ class ForcePruner:
             per_layer_before = layer_macs(self.model, inputs)
             constants = measure_constants(self.model, plans, calib)
             warnings += fold_constants(plans, constants)
-            kept = apply_removal(self.graph, plans)
+            kept = apply_removal(self.graph, plans, self.model)
             with torch.no_grad():
                 y_after = run_model(self.model, calib)
             macs_after, params_after = count_macs_params(self.model, inputs)

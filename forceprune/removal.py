@@ -144,7 +144,7 @@ def _padding(conv: nn.Module) -> tuple:
     return tuple(p)
 
 
-def apply_removal(graph, plans: list[RemovalPlan]) -> dict[str, list[int]]:
+def apply_removal(graph, plans: list[RemovalPlan], model: nn.Module) -> dict[str, list[int]]:
     """Remove the planned units with torch-pruning; return kept root indices per unit set."""
     kept = {}
     for plan in plans:
@@ -152,7 +152,9 @@ def apply_removal(graph, plans: list[RemovalPlan]) -> dict[str, list[int]]:
         idxs = torch.nonzero(plan.remove).flatten().tolist()
         kept[us.name] = [i for i in range(us.size) if i not in set(idxs)]
         if idxs:
-            graph.get_pruning_group(us.root, us.root_fn, idxs).prune()
+            graph.get_pruning_group(us.root, us.root_fn, us.root_channels(idxs)).prune()
+            if us.on_removed is not None:
+                us.on_removed(model, kept[us.name])
     return kept
 
 

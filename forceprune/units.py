@@ -12,7 +12,7 @@ torch-pruning's :class:`~torch_pruning.DependencyGraph`; we never trace a second
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -122,10 +122,19 @@ class UnitSet:
     size: int
     slices: list[Slice] = field(default_factory=list)
     dead: torch.Tensor | None = None  # (G,) bool: units captured at exactly zero
+    #: root channels per unit: unit u owns root channels [u*c, (u+1)*c) (c > 1 for attention heads)
+    channels_per_unit: int = 1
+    #: ``on_removed(model, kept_units)``, called after removal on the model that was pruned
+    #: (e.g. to update a head-count attribute); look modules up by name in ``model``
+    on_removed: Callable[[nn.Module, list[int]], None] | None = None
+    kind: str = "channel"  # "channel" | "head" | "neuron": what a unit is, for reports
+    root_name: str = ""  # module name of ``root`` (defaults to ``name``)
 
     def __post_init__(self) -> None:
         if self.dead is None:
             self.dead = torch.zeros(self.size, dtype=torch.bool)
+        if not self.root_name:
+            self.root_name = self.name
 
     def select(self, include: str) -> list[Slice]:
         """Slices a force acts on. ``include``: ``"all"`` (every coupled slice),
@@ -181,6 +190,11 @@ class UnitSet:
                 for v in optimizer.state[p].values():
                     if torch.is_tensor(v) and v.shape == p.shape:
                         s.zero_(v, units)
+
+    def root_channels(self, units: Sequence[int]) -> list[int]:
+        """Root-layer channel indices owned by the given units."""
+        c = self.channels_per_unit
+        return [u * c + j for u in units for j in range(c)]
 
     def producer_modules(self) -> list[nn.Module]:
         return list({id(s.module): s.module for s in self.slices if s.role == PRODUCER_WEIGHT}.values())
@@ -261,6 +275,19 @@ def run_model(model: nn.Module, example_inputs):
     return model(example_inputs)
 
 
+#: Unit providers: ``provider(model, names) -> (unit_sets, claimed_modules)``. They define unit
+#: sets that torch-pruning's channel groups cannot express (attention heads); any channel group
+#: touching a claimed module is left to the provider. Register with :func:`register_unit_provider`.
+_UNIT_PROVIDERS: list[Callable] = []
+
+
+def register_unit_provider(provider: Callable) -> Callable:
+    """Add a unit provider (decorator-friendly); see ``_UNIT_PROVIDERS``."""
+    if provider not in _UNIT_PROVIDERS:
+        _UNIT_PROVIDERS.append(provider)
+    return provider
+
+
 def build_unit_sets(
     model: nn.Module,
     example_inputs,
@@ -275,8 +302,16 @@ def build_unit_sets(
     embeddings: the hidden size of a transformer, for example).
     """
     ignored = list(ignored_layers)
+    try:
+        heads = find_output_layers(model, example_inputs)
+    except Exception as exc:
+        raise ForcePruneError(
+            f"the model does not run on the given example_inputs ({type(exc).__name__}: {exc}). "
+            "Pass example_inputs that the model accepts: a tensor, a tuple of positional args, "
+            "or a dict of keyword args, e.g. torch.randn(1, 3, 32, 32)."
+        ) from exc
     if ignore_output_layers:
-        ignored += find_output_layers(model, example_inputs)
+        ignored += heads
     ignored_all = [sub for m in ignored for sub in m.modules()]
     was_training = model.training
     model.eval()
@@ -292,8 +327,18 @@ def build_unit_sets(
         model.train(was_training)
     names = {m: n for n, m in model.named_modules()}
     unit_sets: list[UnitSet] = []
+    claimed: set[int] = set()
+    for provider in _UNIT_PROVIDERS:
+        provided, modules = provider(model, names)
+        ignored_ids = {id(m) for m in ignored_all}
+        for us in provided:
+            if not any(id(m) in ignored_ids for m in us.producer_modules()):
+                unit_sets.append(us)
+        claimed |= {id(m) for m in modules}
     for group in graph.get_all_groups(ignored_layers=ignored_all, root_module_types=tuple(root_module_types)):
         if any(dep.handler in _UNSUPPORTED_FNS for dep, _ in group):
+            continue
+        if any(id(dep.target.module) in claimed for dep, _ in group):
             continue
         root_dep = group[0].dep
         root = root_dep.target.module

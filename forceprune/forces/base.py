@@ -119,7 +119,7 @@ class Force(abc.ABC):
     def unit_norms(self, sums: torch.Tensor) -> torch.Tensor:
         """Turn per-unit sums of ``|w|**power`` into the configured norm (safe at 0)."""
         if self.norm == "l2":
-            return torch.where(sums > 0, sums.clamp_min(1e-30).sqrt(), torch.zeros_like(sums))
+            return torch.where(sums == 0, torch.zeros_like(sums), sums.clamp_min(1e-30).sqrt())
         return sums
 
     def distances(self, size: int, norms: torch.Tensor) -> tuple[torch.Tensor, int]:
