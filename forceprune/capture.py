@@ -27,13 +27,11 @@ from .units import PRODUCER_WEIGHT, UnitSet
 CAPTURE_MODES = ("unit", "element")
 
 
-def capture_units(
-    unit_sets: list[UnitSet], include: str, threshold: float, optimizer=None, prox: list | None = None
-) -> int:
-    """Zero every unit whose largest element is ``<= threshold`` or whose norm is within its
-    proximal bound. ``prox``: per unit set, ``(metric, (G,) bound)`` with metric ``"l2"``
-    (unit L2 norm) or ``"max"`` (largest |w|), or None. Returns how many units were new."""
-    new = 0
+def find_captures(unit_sets: list[UnitSet], include: str, threshold: float, prox: list | None = None) -> list[torch.Tensor]:
+    """Per unit set, a ``(G,)`` bool mask of live units that qualify for capture: largest
+    element ``<= threshold``, or norm within the proximal bound. ``prox``: per unit set,
+    ``(metric, (G,) bound)`` with metric ``"l2"`` (unit L2 norm) or ``"max"`` (largest |w|)."""
+    found = []
     for i, us in enumerate(unit_sets):
         max_abs = us.unit_max_abs(include)
         small = max_abs <= threshold
@@ -41,12 +39,26 @@ def capture_units(
             metric, bound = prox[i]
             value = max_abs if metric == "max" else us.unit_sums(include, 2).detach().float().cpu().sqrt()
             small |= value <= bound
-        fresh = small & ~us.dead
+        found.append(small & ~us.dead)
+    return found
+
+
+def apply_captures(unit_sets: list[UnitSet], masks: list[torch.Tensor], include: str, optimizer=None) -> int:
+    """Zero the given units (and their optimizer state) and mark them captured."""
+    new = 0
+    for us, fresh in zip(unit_sets, masks):
         if bool(fresh.any()):
             us.dead |= fresh
             new += int(fresh.sum())
             us.zero_(fresh, include, optimizer)
     return new
+
+
+def capture_units(
+    unit_sets: list[UnitSet], include: str, threshold: float, optimizer=None, prox: list | None = None
+) -> int:
+    """Find and apply captures in one go; returns how many units were new."""
+    return apply_captures(unit_sets, find_captures(unit_sets, include, threshold, prox), include, optimizer)
 
 
 def clip_elements(unit_sets: list[UnitSet], include: str, threshold: float, optimizer=None) -> int:

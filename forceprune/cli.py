@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = command("eval", "Evaluate the final pruned model of a finished run on the test set.",
                        "example:\n  forceprune eval runs/lenet --data-dir /data")
-    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="directory of a finished run (has model.safetensors)")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="directory of a finished run (holds pruned/)")
     _add_data_dir(evaluate)
 
     report = command("report", "Re-render the pictures and report.html of a run from its report.json.",

@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 
+IMAGEFOLDER_PREFIX = "imagefolder:"
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, unknown, mistyped or impossible."""
 
@@ -78,7 +81,7 @@ class RunConfig:
     channels_last: bool | Literal["auto"] = _opt("auto", '"auto" = channels-last memory format for conv models on CPU; or true / false.')
     output_dir: str = _opt("runs/forceprune", "Directory for checkpoints, report.json, pictures and the pruned model; default runs/<config name>.")
     latency_batch_sizes: tuple[int, ...] = _opt((1, 64), "Batch sizes (samples) at which latency is measured before and after removal.")
-    latency_repeats: int = _opt(30, "Timed forward passes per model and batch size (in 3 alternating dense/pruned rounds); the median is reported.")
+    latency_repeats: int = _opt(30, "Timed forward passes per model and batch size, split into 5 alternating dense/pruned rounds; the median of the round medians is reported.")
 
     def __post_init__(self) -> None:
         errors = _check_values(self)
@@ -103,12 +106,12 @@ def field_help() -> dict[str, str]:
     return {f.name: f.metadata["help"] for f in dataclasses.fields(RunConfig)}
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, check_names: bool = True) -> RunConfig:
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a TOML config, apply ``key=value`` overrides and validate everything.
 
-    ``output_dir`` defaults to ``runs/<config file stem>``. With ``check_names`` the model,
-    dataset and force names are checked against the registries that are installed.
-    Raises :class:`ConfigError` naming every problem and its fix.
+    ``output_dir`` defaults to ``runs/<config file stem>``. Model, dataset and force names and
+    the force options are checked against the installed registries. Raises :class:`ConfigError`
+    naming every problem and its fix.
     """
     path = Path(path)
     try:
@@ -121,8 +124,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *
     for item in overrides:
         apply_override(data, item)
     config = RunConfig.from_dict(data, source=str(path))
-    if check_names:
-        check_registry_names(config)
+    check_registry_names(config)
     return config
 
 
@@ -161,18 +163,19 @@ def check_registry_names(config: RunConfig) -> None:
     A registry that cannot be imported is skipped (its own error appears when the run starts).
     """
     errors = []
-    for key, value, names in (
-        ("model", config.model, _registry("forceprune.models", "list_models")),
-        ("dataset", config.dataset.split(":", 1)[0], _registry("forceprune.data", "list_datasets")),
-        ("force", config.force, _registry("forceprune.forces", "available")),
-    ):
-        if names is None:
+    checks = [("model", config.model, _registry("forceprune.models", "list_models")),
+              ("force", config.force, _registry("forceprune.forces", "available"))]
+    if not config.dataset.startswith(IMAGEFOLDER_PREFIX):
+        checks.append(("dataset", config.dataset, _registry("forceprune.data", "list_datasets")))
+    for key, value, names in checks:
+        if names is None or value in names:
             continue
-        bare = {n.split(":", 1)[0] for n in names}
-        if value not in bare:
-            near = difflib.get_close_matches(value, sorted(bare), n=1)
-            hint = f'did you mean {key} = "{near[0]}"? ' if near else ""
-            errors.append(f"unknown {key} {value!r}: {hint}choose one of {', '.join(sorted(bare))}")
+        near = difflib.get_close_matches(value, names, n=1)
+        hint = f'did you mean {key} = "{near[0]}"? ' if near else ""
+        extra = f' or "{IMAGEFOLDER_PREFIX}<path>"' if key == "dataset" else ""
+        errors.append(f"unknown {key} {value!r}: {hint}choose one of {', '.join(names)}{extra}")
+    if not errors:
+        errors += _force_option_errors(config)
     if config.device == "cuda":
         import torch
 
@@ -180,6 +183,23 @@ def check_registry_names(config: RunConfig) -> None:
             errors.append('device = "cuda" but CUDA is not available here; use device = "auto" or "cpu"')
     if errors:
         raise ConfigError("; ".join(errors))
+
+
+def _force_option_errors(config: RunConfig) -> list[str]:
+    """Build the force law once so that unknown or invalid force_options fail now, not mid-run."""
+    try:
+        from . import forces
+        from .errors import ForcePruneError
+    except ImportError:
+        return []
+    preset = forces.PRESETS.get(config.force)
+    name = preset["force"] if preset else config.force
+    options = {**preset["force_options"], **config.force_options} if preset else config.force_options
+    try:
+        forces.create(name, **options)
+    except (ForcePruneError, TypeError) as exc:
+        return [f"force_options for force {config.force!r}: {exc}"]
+    return []
 
 
 def _registry(module: str, function: str) -> list[str] | None:
@@ -224,7 +244,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Return ``value`` converted to type ``hint`` (int -> float, list -> tuple) or raise ConfigError."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None and len(options) < len(typing.get_args(hint)):
+            return None
+        if len(options) == 1:
+            return _coerce(value, options[0], key)
+        for option in options:
             try:
                 return _coerce(value, option, key)
             except ConfigError:
@@ -237,10 +262,6 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         hint_text = f"did you mean {near[0]!r}? " if near else ""
         raise ConfigError(f"{key} = {value!r} is not allowed: {hint_text}choose one of {', '.join(map(repr, choices))}")
-    if hint is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{key}: expected nothing")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} = {value!r} has the wrong type: expected a list of integers, e.g. {key} = [1, 64]")

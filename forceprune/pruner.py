@@ -11,7 +11,9 @@ It wires together the graph (``units``), the force law (``forces``), the capture
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import warnings
 from typing import Sequence
 
 import torch
@@ -20,12 +22,13 @@ import torch_pruning as tp
 
 from . import capture as cap
 from . import forces as forces_mod
+from .budget import Budget, BudgetController
 from .errors import ForcePruneError, NonFiniteError
 from .forces import PRESETS, Force
-from .metrics import count_macs_params, layer_macs
+from .metrics import count_macs_params, layer_macs, measure_latency
 from .removal import RemovalPlan, apply_removal, fold_constants, measure_constants, output_error, removable_units
 from .report import PruneReport
-from .units import PRODUCER_WEIGHT, UnitSet, build_unit_sets, run_model
+from .units import PRODUCER_OTHER, PRODUCER_WEIGHT, UnitSet, build_unit_sets, run_model
 
 _DEFAULT_CAPTURE = {"capture": "unit", "threshold": 1e-3}
 
@@ -59,8 +62,20 @@ class ForcePruner:
         threshold: capture threshold, in weight units.
         capture_every: capture every this many :meth:`step` calls (``0``: only when
             :meth:`capture` is called, e.g. at epoch end as ETP's code does).
+        cost_power: weight each unit set's penalty by ``(c_S / mean c)**cost_power`` where
+            ``c_S`` is the MACs one of its units costs (its producer rows and consumer
+            columns). ``0`` (default) is the papers' uniform per-layer force; ``1`` pushes hardest
+            where the compute is, which is what a MACs reduction rewards.
         snap: factor on the proximal capture bound (see :mod:`forceprune.capture`); ``0``
             turns it off, leaving the fixed ``threshold`` only.
+        target_macs / target_params: keep this fraction of the dense model's MACs / parameters
+            (e.g. ``0.05`` = 20x fewer); a controller scales the force to get there by
+            ``budget["reach"]`` of training and then holds it (see :mod:`forceprune.budget`).
+        target_latency_ms: the same for measured latency (ms per forward pass of the example
+            inputs on this machine), through a fitted latency model.
+        total_steps: number of :meth:`step` calls in training; required with a target.
+        budget: further :class:`~forceprune.budget.Budget` options (``warmup``, ``reach``,
+            ``every``, ``gain``, ``min_width``, ``round_to``, ``tolerance``).
         optimizer: the training optimizer (recommended): its step size sets the proximal
             capture bound, and its momentum/Adam state of captured units is cleared too.
         **force_options: options of the force law (``beta``, ``norm``, ``pivot``, ...).
@@ -77,6 +92,12 @@ class ForcePruner:
         threshold: float | None = None,
         capture_every: int = 1,
         snap: float = 1.0,
+        cost_power: float = 0.0,
+        target_macs: float | None = None,
+        target_params: float | None = None,
+        target_latency_ms: float | None = None,
+        total_steps: int | None = None,
+        budget: dict | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         ignore_output_layers: bool = True,
         **force_options,
@@ -96,14 +117,20 @@ class ForcePruner:
         if not (isinstance(snap, (int, float)) and math.isfinite(snap) and snap >= 0):
             raise ForcePruneError(f"snap must be a finite number >= 0, got {snap!r}; 1.0 is the proximal bound.")
         self.snap = float(snap)
+        if not (isinstance(cost_power, (int, float)) and 0 <= cost_power <= 4):
+            raise ForcePruneError(f"cost_power must be in [0, 4], got {cost_power!r}; 0 = uniform, 1 = MACs-proportional.")
+        self.cost_power = float(cost_power)
         self.model = model
         self.example_inputs = example_inputs
         self.ignored_layers = list(ignored_layers or [])
         self.ignore_output_layers = ignore_output_layers
         self.optimizer = optimizer
         self.steps = 0
-        self._rebuild()
         self._summary_cache: tuple | None = None
+        self._rebuild()
+        inputs = _to_device(self.example_inputs, self._device())
+        self.macs_dense, self.params_dense = count_macs_params(self.model, inputs)
+        self.controller = self._make_controller(target_macs, target_params, target_latency_ms, total_steps, budget)
 
     # -- construction ------------------------------------------------------------------------
     @staticmethod
@@ -138,6 +165,96 @@ class ForcePruner:
             if us.name in old and len(old[us.name]) == us.size:
                 us.dead = old[us.name].clone()
         self._masks = cap.build_masks(self.unit_sets, self.force.include)
+        self._set_weights = self._cost_weights(inputs)
+
+    def _cost_weights(self, inputs) -> list[float]:
+        """Per unit set, the multiplier ``(c_S / mean c)**cost_power`` of its penalty, where
+        ``c_S`` is the MACs per sample that one unit costs (producer rows + consumer columns)."""
+        if self.cost_power == 0:
+            return [1.0] * len(self.unit_sets)
+        per_layer = layer_macs(self.model, inputs)
+        names = {m: n for n, m in self.model.named_modules()}
+        costs = []
+        for us in self.unit_sets:
+            cost = 0.0
+            for s in us.slices:
+                if s.param_name == "weight" and s.role != PRODUCER_OTHER:
+                    macs = per_layer.get(names.get(s.module, ""), 0)
+                    cost += macs * len(s.index) / max(s.param.shape[s.dim], 1) / us.size
+            costs.append(max(cost, 1e-12))
+        mean = sum(costs) / len(costs)
+        return [(c / mean) ** self.cost_power for c in costs]
+
+    def _make_controller(self, target_macs, target_params, target_latency_ms, total_steps, options):
+        targets = {"macs": target_macs, "params": target_params, "latency": target_latency_ms}
+        given = {k: v for k, v in targets.items() if v is not None}
+        if not given:
+            if options:
+                raise ForcePruneError("budget options were given without a target; add target_macs=..., target_params=... or target_latency_ms=...")
+            return None
+        if len(given) > 1:
+            raise ForcePruneError(
+                f"two targets at once ({', '.join('target_' + k for k in given)}) without a priority: give one; "
+                "the others can be checked in the report."
+            )
+        (metric, target), = given.items()
+        options = dict(options or {})
+        unknown = set(options) - {f.name for f in dataclasses.fields(Budget)} | ({"metric", "target", "total_steps"} & set(options))
+        if unknown:
+            raise ForcePruneError(f"unknown budget options {sorted(unknown)}; valid: warmup, reach, every, gain, min_width, round_to, tolerance.")
+        if metric == "latency":
+            from .latency import LatencyModel
+
+            self.latency_model = LatencyModel.fit(self)
+            if self.latency_model is None:
+                dense_ms = measure_latency(self.model, _to_device(self.example_inputs, self._device()), copy_model=True)
+                warnings.warn(
+                    "timing on this machine is too noisy to fit a latency model (repeated timings of the dense "
+                    "model differ by more than 15%); falling back to a MACs target with the same ratio "
+                    f"(target_latency_ms / {dense_ms:.3f} ms). Run on a quiet machine for a latency target.",
+                    stacklevel=3,
+                )
+                metric, target = "macs", min(max(target / dense_ms, 1e-3), 0.999)
+            else:
+                target = target / self.latency_model.dense_ms
+                if not 0 < target < 1:
+                    raise ForcePruneError(
+                        f"target_latency_ms={given['latency']} is not below the dense model's "
+                        f"{self.latency_model.dense_ms:.3f} ms on this machine: nothing to prune for it."
+                    )
+        budget = Budget(target=target, metric=metric if metric != "latency" else "latency", total_steps=total_steps or 0, **options)
+        floor = self._floor_fraction(budget)
+        if floor > budget.target:
+            raise ForcePruneError(
+                f"target_{metric}={given[metric]} cannot be met: the smallest model that keeps "
+                f"min_width={budget.min_width} unit(s) per unit set has {floor:.3f} of the dense {metric}. "
+                "Raise the target, lower min_width, or prune more layers (check ignored_layers)."
+            )
+        return BudgetController(budget)
+
+    def _floor_fraction(self, budget: Budget) -> float:
+        keep = [torch.ones(us.size, dtype=torch.bool) for us in self.unit_sets]
+        for k in keep:
+            k[min(budget.min_width, len(k)):] = False
+        return self.kept_fraction(self._preview([~k for k in keep]), budget.metric)
+
+    def kept_fraction(self, preview: tuple | None = None, metric: str | None = None) -> float:
+        """Fraction of the dense cost the model would keep if removable units were removed."""
+        metric = metric or (self.controller.budget.metric if self.controller else "macs")
+        if preview is None:
+            s = self.summary()
+            macs, params = s["macs_if_pruned"], s["params_if_pruned"]
+            widths = s["widths_if_pruned"]
+        else:
+            _, _, macs, params = preview
+            widths = None
+        if metric == "params":
+            return params / self.params_dense
+        if metric == "latency":
+            if widths is None:
+                return macs / self.macs_dense
+            return self.latency_model.predict(widths) / self.latency_model.dense_ms
+        return macs / self.macs_dense
 
     def _device(self) -> torch.device:
         p = next(self.model.parameters(), None)
@@ -160,36 +277,76 @@ class ForcePruner:
 
     def penalty(self) -> torch.Tensor:
         """The force penalty: a differentiable scalar to add to the task loss."""
+        scale = self.controller.scale if self.controller is not None else 1.0
+        if scale == 0.0:
+            return torch.zeros((), device=self._device())
         total = None
-        for us in self.unit_sets:
-            term = self.force.penalty(us.unit_sums(self.force.include, self.force.power), self._signs(us))
+        for us, weight in zip(self.unit_sets, self._set_weights):
+            term = weight * self.force.penalty(us.unit_sums(self.force.include, self.force.power), self._signs(us))
             total = term if total is None else total + term
         if not torch.isfinite(total):
             raise NonFiniteError(
                 "the force penalty is NaN/Inf: the weights have diverged. Lower the learning rate or beta, "
                 "or check the inputs for NaN."
             )
-        return total
+        return total * scale if scale != 1.0 else total
 
     def step(self) -> None:
         """Call after every ``optimizer.step()``: re-zero captured units; capture new ones
         every ``capture_every`` calls."""
         self.steps += 1
         cap.enforce_zeros(self._masks, self.optimizer)
-        if self.capture_every and self.steps % self.capture_every == 0:
+        frozen = self.controller is not None and self.controller.reached
+        if self.capture_every and self.steps % self.capture_every == 0 and not frozen:
             self.capture()
+        if self.controller is not None and self.steps % self.controller.budget.every == 0:
+            self.controller.update(self.steps, self.kept_fraction())
 
     def capture(self) -> int:
         """Capture now: returns how many units became exactly zero."""
         if self.capture_mode == "element":
             new = cap.clip_elements(self.unit_sets, self.force.include, self.threshold, self.optimizer)
         else:
-            new = cap.capture_units(
-                self.unit_sets, self.force.include, self.threshold, self.optimizer, self._prox_bounds()
-            )
+            found = cap.find_captures(self.unit_sets, self.force.include, self.threshold, self._prox_bounds())
+            if self.controller is not None and any(bool(f.any()) for f in found):
+                found = self._within_budget(found)
+            new = cap.apply_captures(self.unit_sets, found, self.force.include, self.optimizer)
         if new:
             self._masks = cap.build_masks(self.unit_sets, self.force.include)
         return new
+
+    def _within_budget(self, found: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Capture no more than the budget needs: if taking every candidate would undershoot
+        the target, take the weakest ones (lowest force-weighted score) up to the target."""
+        budget = self.controller.budget
+        base = [removable_units(us)[0] for us in self.unit_sets]
+        merged = lambda masks: [b | m for b, m in zip(base, masks)]
+        if self.kept_fraction(self._preview(merged(found))) >= budget.target:
+            return found
+        scores = [self._scores(us) for us in self.unit_sets]
+        order = sorted((float(sc[i]), k, i) for k, (f, sc) in enumerate(zip(found, scores)) for i in torch.nonzero(f).flatten().tolist())
+
+        def first(n):
+            out = [torch.zeros_like(f) for f in found]
+            for _, k, i in order[:n]:
+                out[k][i] = True
+            return out
+
+        lo, hi = 0, len(order)  # largest n that keeps the fraction >= target
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.kept_fraction(self._preview(merged(first(mid)))) >= budget.target:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo < len(order):  # the next unit crosses the target: take whichever lands closer
+            above = self.kept_fraction(self._preview(merged(first(lo))))
+            below = self.kept_fraction(self._preview(merged(first(lo + 1))))
+            if budget.target - below < above - budget.target:
+                lo += 1
+            self.controller.reached = True
+            self.controller.scale = 0.0
+        return first(lo)
 
     def _prox_bounds(self) -> list | None:
         """Per unit set, the proximal capture bound for the optimizer's current step size."""
@@ -209,7 +366,9 @@ class ForcePruner:
             with torch.no_grad():
                 norms = self.force.unit_norms(us.unit_sums(self.force.include, self.force.power)).float().cpu()
                 phi = self.force.profile(us.size, norms, self._signs(us)).clamp_min(0)
-            per_unit = self.snap * eta * self.force.beta * phi / (us.size if self.force.reduction == "mean" else 1)
+            weight = self._set_weights[self.unit_sets.index(us)]
+            scale = self.controller.scale if self.controller is not None else 1.0
+            per_unit = self.snap * eta * scale * weight * self.force.beta * phi / (us.size if self.force.reduction == "mean" else 1)
             bounds.append(("l2" if self.force.norm == "l2" else "max", per_unit))
         return bounds
 
@@ -250,11 +409,14 @@ class ForcePruner:
             "params_dense": params_dense,
             "macs_if_pruned": macs,
             "params_if_pruned": params,
+            "widths_if_pruned": {us.name: us.size - int(_keep_one(r, us).sum()) for us, r in zip(self.unit_sets, removable)},
+            "budget": self.controller.describe() if self.controller is not None else None,
         }
 
-    def _preview(self, removable: list[torch.Tensor]) -> tuple[int, int, int, int]:
+    def pruned_copy(self, removable: list[torch.Tensor]) -> nn.Module:
+        """A deep copy of the model with the given units ((G,) bool per unit set) removed;
+        the model itself is untouched. Used for previews and latency fitting."""
         inputs = _to_device(self.example_inputs, self._device())
-        macs_dense, params_dense = count_macs_params(self.model, inputs)
         clone = copy.deepcopy(self.model)
         was = clone.training
         clone.eval()
@@ -267,8 +429,14 @@ class ForcePruner:
                 graph.get_pruning_group(modules[us.root_name], us.root_fn, us.root_channels(idxs)).prune()
                 if us.on_removed is not None:
                     us.on_removed(clone, [i for i in range(us.size) if i not in set(idxs)])
-        macs, params = count_macs_params(clone, inputs)
-        return macs_dense, params_dense, macs, params
+        return clone
+
+    def _preview(self, removable: list[torch.Tensor]) -> tuple[int, int, int, int]:
+        """``(macs_now, params_now, macs_if_removed, params_if_removed)``."""
+        inputs = _to_device(self.example_inputs, self._device())
+        macs_now, params_now = count_macs_params(self.model, inputs)
+        macs, params = count_macs_params(self.pruned_copy(removable), inputs)
+        return macs_now, params_now, macs, params
 
     # -- removal ---------------------------------------------------------------------------------
     def prune(
@@ -337,17 +505,78 @@ class ForcePruner:
                 raise ForcePruneError(
                     f"widths names unknown unit sets {unknown}; valid names: {[us.name for us in self.unit_sets]}."
                 )
+        removes, folds = [], []
         for us in self.unit_sets:
             if widths is None:
                 remove, fold = removable_units(us, tolerance)
             else:
                 remove = self._weakest_tail(us, widths.get(us.name, us.size))
                 fold = torch.zeros(us.size, dtype=torch.bool)
+            removes.append(remove)
+            folds.append(fold)
+        if widths is None and self.controller is not None:
+            removes, note = self._meet_budget(removes)
+            warnings += note
+        for us, remove, fold in zip(self.unit_sets, removes, folds):
             if bool(remove.all()):
                 warnings.append(f"{us.name}: every unit could be removed; kept one so the layer still exists")
                 remove = _keep_one(remove, us)
             plans.append(RemovalPlan(us, remove, fold & remove))
         return plans, warnings
+
+    def _scores(self, us: UnitSet) -> torch.Tensor:
+        """Scale-free force-weighted importance ``(||w_i|| / phi_i) / mean ||w||`` (``(G,)``)."""
+        with torch.no_grad():
+            norms = self.force.unit_norms(us.unit_sums(self.force.include, self.force.power)).float().cpu()
+            phi = self.force.profile(us.size, norms, self._signs(us)).clamp_min(1e-12)
+        return norms / phi / norms.mean().clamp_min(1e-12)
+
+    def _meet_budget(self, removes: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[str]]:
+        """Apply floors and rounding; if the zero units are not enough, remove the weakest
+        remaining units globally (lowest force-weighted score) until the target holds."""
+        budget = self.controller.budget
+        scores = [self._scores(us) for us in self.unit_sets]
+        removes = [self._respect_floor(r, sc, budget) for r, sc in zip(removes, scores)]
+        notes = []
+        limit = budget.target * (1 + budget.tolerance)
+        if self.kept_fraction(self._preview(removes)) > limit and not self.controller.reached:
+            candidates = sorted(
+                ((float(sc[i]), k, i) for k, (r, sc) in enumerate(zip(removes, scores)) for i in range(len(r)) if not r[i]),
+            )
+            def with_first(n):
+                out = [r.clone() for r in removes]
+                for _, k, i in candidates[:n]:
+                    out[k][i] = True
+                return [self._respect_floor(r, sc, budget) for r, sc in zip(out, scores)]
+            lo, hi = 0, len(candidates)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self.kept_fraction(self._preview(with_first(mid))) <= limit:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            removes = with_first(lo)
+            notes.append(
+                f"budget: the force had zeroed too few units for target {budget.metric}={budget.target:.4g}; "
+                f"removed the {lo} weakest non-zero units as well (not lossless: see max_output_error)"
+            )
+        return removes, notes
+
+    @staticmethod
+    def _respect_floor(remove: torch.Tensor, score: torch.Tensor, budget: Budget) -> torch.Tensor:
+        """Keep at least ``min_width`` units and a multiple of ``round_to`` (best scores first)."""
+        size = len(remove)
+        kept = size - int(remove.sum())
+        want = max(kept, min(budget.min_width, size))
+        if budget.round_to > 1:
+            want = min(size, -(-want // budget.round_to) * budget.round_to)
+        if want <= kept:
+            return remove
+        remove = remove.clone()
+        order = [i for i in torch.argsort(score, descending=True, stable=True).tolist() if remove[i]]
+        for i in order[: want - kept]:
+            remove[i] = False
+        return remove
 
     def _weakest_tail(self, us: UnitSet, k: int) -> torch.Tensor:
         if not isinstance(k, int) or k < 1:
@@ -371,10 +600,15 @@ class ForcePruner:
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Captured masks and the step counter (tensors and plain types: safe for weights_only)."""
-        return {"steps": self.steps, "dead": {us.name: us.dead.clone() for us in self.unit_sets}}
+        state = {"steps": self.steps, "dead": {us.name: us.dead.clone() for us in self.unit_sets}}
+        if self.controller is not None:
+            state["controller"] = self.controller.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = int(state["steps"])
+        if self.controller is not None and "controller" in state:
+            self.controller.load_state_dict(state["controller"])
         for us in self.unit_sets:
             if us.name in state["dead"]:
                 dead = state["dead"][us.name]

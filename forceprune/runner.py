@@ -34,8 +34,8 @@ from .config import ConfigError, RunConfig
 from .train import Phase, Trainer, evaluate, resolve_device, seed_everything, use_channels_last
 
 CONFIG_FILE, REPORT_FILE, CHECKPOINT_DIR = "config.json", "report.json", "checkpoints"
-MODEL_FILE, PLAN_FILE = "model.safetensors", "plan.json"
-LATENCY_ROUNDS, LATENCY_WARMUP = 3, 3
+PRUNED_DIR = "pruned"
+LATENCY_ROUNDS, LATENCY_WARMUP = 5, 3
 ACC_BEST_NOTE = ("highest test accuracy of any epoch (force training or fine-tuning); for reference only, "
                  "NOT used for model selection: the reported and saved model is the last epoch's")
 
@@ -47,7 +47,7 @@ class RunDirError(ValueError):
 def _report_artifacts() -> list[str]:
     from .visual import PICTURES
 
-    return [REPORT_FILE, "report.html", MODEL_FILE, PLAN_FILE, *PICTURES.values()]
+    return [REPORT_FILE, "report.html", PRUNED_DIR, *PICTURES.values()]
 
 
 def _run_artifacts() -> list[str]:
@@ -81,13 +81,13 @@ class Session:
 # -- run directory -----------------------------------------------------------------------------
 
 
-def prepare_output_dir(out_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
-                       protected: tuple[str | Path, ...] = (), artifacts: list[str] | None = None) -> Path:
-    """Check and prepare the run directory.
+def check_output_dir(out_dir: str | Path, *, overwrite: bool = False, resume: bool = False,
+                     protected: tuple[str | Path, ...] = (), artifacts: list[str] | None = None) -> list[Path]:
+    """Check the run directory without touching it; return the files ``overwrite`` will replace.
 
     A directory that already holds a run is refused unless ``resume`` (continue it) or
-    ``overwrite`` (delete this library's own files in it -- never anything else). A user
-    input (``protected``, e.g. the config file) that would be overwritten is refused.
+    ``overwrite`` (replace this library's own files in it -- never anything else). A user
+    input (``protected``, e.g. the config file) that a run would overwrite is refused.
     """
     out = Path(out_dir)
     artifacts = _run_artifacts() if artifacts is None else artifacts
@@ -104,10 +104,14 @@ def prepare_output_dir(out_dir: str | Path, *, overwrite: bool = False, resume: 
     if existing and not (overwrite or resume):
         raise RunDirError(f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue it, "
                           "--overwrite to replace it, or choose another --output-dir")
-    if overwrite:
-        for name in existing:
-            target = out / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
+    return [out / name for name in existing] if overwrite else []
+
+
+def claim_output_dir(out_dir: str | Path, stale: list[Path]) -> Path:
+    """Delete the ``stale`` files found by :func:`check_output_dir` and create the checkpoint folder."""
+    for path in stale:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out = Path(out_dir)
     (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
     return out
 
@@ -272,6 +276,8 @@ def prune_stage(session: Session, trained: Trained, *, resume: bool = False) -> 
     force_field = pruner.force_field()
     dense_copy = copy.deepcopy(model)
     removal = pruner.prune(calibration_inputs=session.calibration.to(session.device))
+    if trained.channels_last:  # removal re-creates the weights in the default layout
+        model.to(memory_format=torch.channels_last)
     session.log(removal.table())
     acc_after = evaluate_model()
     history = trained.history
@@ -296,7 +302,7 @@ def prune_stage(session: Session, trained: Trained, *, resume: bool = False) -> 
         "train_wall_s": sum(r["wall_s"] for r in history), "wall_s": time.perf_counter() - session.started,
         "command": session.command, "config": config.to_dict(), "versions": versions(session.device),
     }
-    report["model_files"] = save_model(model, removal, session.out_dir)
+    report["pruned_model"] = save_model(model, pruner, session)
     write_report(report, session.out_dir)
     return report
 
@@ -312,7 +318,7 @@ def measure_latencies(dense: nn.Module, pruned: nn.Module, session: Session, cha
     import forceprune as fp
 
     before, after = {}, {}
-    repeats = session.config.latency_repeats // LATENCY_ROUNDS
+    repeats = max(1, session.config.latency_repeats // LATENCY_ROUNDS)
     shape = tuple(session.info.input_shape)
     for batch in session.config.latency_batch_sizes:
         x = torch.randn(batch, *shape, device=session.device)
@@ -326,19 +332,18 @@ def measure_latencies(dense: nn.Module, pruned: nn.Module, session: Session, cha
     return before, after
 
 
-def save_model(model: nn.Module, removal: Any, out_dir: Path) -> list[str]:
-    """Save the pruned model: ``forceprune.plan.save_pruned`` when installed, else safetensors + plan.json."""
-    try:
-        from .plan import save_pruned
-    except ImportError:
-        from safetensors.torch import save
+def save_model(model: nn.Module, pruner: Any, session: Session) -> str:
+    """Save the pruned model with its plan (``forceprune.plan``): ``<run>/pruned/{plan.json,model.safetensors}``.
 
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        ckpt.atomic_write(out_dir / MODEL_FILE, lambda handle: handle.write(save(state)))
-        ckpt.write_json(removal.to_dict(), out_dir / PLAN_FILE)
-        return [MODEL_FILE, PLAN_FILE]
-    save_pruned(model, removal, out_dir / MODEL_FILE)
-    return [MODEL_FILE]
+    Load it anywhere with ``forceprune.plan.load_pruned("<run>/pruned")``.
+    """
+    from .plan import make_plan, save_pruned
+
+    c, info = session.config, session.info
+    plan = make_plan(pruner, model_name=c.model,
+                     model_kwargs={"num_classes": info.num_classes, "in_channels": info.input_shape[0]})
+    save_pruned(model, plan, session.out_dir / PRUNED_DIR, overwrite=True)
+    return PRUNED_DIR
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
@@ -392,42 +397,45 @@ def prune(run_dir: str | Path, *, command: str = "", data_dir: str | None = None
     ``resume`` continues an interrupted fine-tuning; ``overwrite`` replaces an existing report.
     """
     config = load_run_config(run_dir, data_dir)
-    out = Path(run_dir)
-    prepare_output_dir(out, overwrite=overwrite, resume=resume,
-                       artifacts=[*_report_artifacts(), f"{CHECKPOINT_DIR}/finetune.pt"])
-    session = open_session(config, out, progress=progress, command=command)
+    stale = check_output_dir(run_dir, overwrite=overwrite, resume=resume,
+                             artifacts=[*_report_artifacts(), f"{CHECKPOINT_DIR}/finetune.pt"])
+    session = open_session(config, Path(run_dir), progress=progress, command=command)
+    claim_output_dir(run_dir, stale)
     with _interrupt_notice(session):
         return prune_stage(session, load_trained(session), resume=resume)
 
 
-def load_pruned_model(run_dir: str | Path, data_dir: str | None = None, progress: bool = False
-                      ) -> tuple[nn.Module, Session, bool]:
-    """The final pruned model of a finished run, rebuilt from its checkpoints and ``model.safetensors``.
+def load_pruned_model(run_dir: str | Path, data_dir: str | None = None) -> tuple[nn.Module, Session, bool]:
+    """The final pruned model of a finished run (from ``<run>/pruned``) with the run's data.
 
-    Returns ``(model, session, channels_last)``; removal is recomputed from the force checkpoint
-    (deterministic), then the saved final weights are loaded.
+    Returns ``(model on the run's device, session, channels_last)``.
     """
-    from safetensors.torch import load_file
+    from .plan import load_pruned
 
     config = load_run_config(run_dir, data_dir)
-    weights = Path(run_dir) / MODEL_FILE
-    if not weights.exists():
-        raise RunDirError(f"{run_dir} has no {MODEL_FILE}; finish the run first: forceprune prune {run_dir}")
-    session = open_session(config, Path(run_dir), progress=progress)
-    trained = load_trained(session)
-    trained.pruner.prune(calibration_inputs=session.calibration.to(session.device))
-    trained.model.load_state_dict(load_file(weights, device=str(session.device)))
-    return trained.model, session, trained.channels_last
+    if not (Path(run_dir) / PRUNED_DIR).exists():
+        raise RunDirError(f"{run_dir} has no {PRUNED_DIR}/ model; finish the run first: forceprune prune {run_dir}")
+    session = open_session(config, Path(run_dir), progress=False)
+    model, _ = load_pruned(Path(run_dir) / PRUNED_DIR)
+    model = model.to(session.device)
+    channels_last = use_channels_last(config.channels_last, model, session.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, session, channels_last
 
 
 def _start(config: RunConfig, command: str, config_path: str | Path | None, overwrite: bool, resume: bool,
            progress: bool) -> Session:
+    """Check the run directory, load the data, then (only then) write into the directory."""
     protected = tuple(p for p in (config_path,) if p is not None)
-    out = prepare_output_dir(config.output_dir, overwrite=overwrite, resume=resume, protected=protected)
+    stale = check_output_dir(config.output_dir, overwrite=overwrite, resume=resume, protected=protected)
+    out = Path(config.output_dir)
     if resume:
         check_resumable(config, out)
+    session = open_session(config, out, progress=progress, command=command)
+    claim_output_dir(out, stale)
     ckpt.write_json(config.to_dict(), out / CONFIG_FILE)
-    return open_session(config, out, progress=progress, command=command)
+    return session
 
 
 @contextmanager

@@ -35,7 +35,8 @@ def _fmt(value: Any, digits: int = 2, suffix: str = "") -> str:
 def _ratio(before: float | None, after: float | None) -> str:
     if not before or not after:
         return "&ndash;"
-    return f'<span class="good">&times;{before / after:.2f}</span>'
+    ratio = before / after
+    return f'<span class="good">&times;{ratio:.2f}</span>' if ratio > 1 else f"&times;{ratio:.2f}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -83,7 +84,8 @@ def render_html(report: dict[str, Any], pictures: dict[str, Path], path: str | P
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_e(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
         f"<p class='sub'>force options {_e(json.dumps(report.get('force_options', {})))} &middot; seed {_e(report.get('seed'))}"
-        f" &middot; {_e(report.get('epochs'))} epochs &middot; wall time {_fmt(report.get('wall_s'), 1, ' s')}</p>",
+        f" &middot; {_e(report.get('epochs'))} force epochs &middot; training time {_fmt(report.get('train_wall_s'), 0, ' s')}"
+        f" (sum over epochs) &middot; this command {_fmt(report.get('wall_s'), 0, ' s')}</p>",
         f"<p class='note'>Dataset note: {_e(note)}</p>" if note else "",
         "<h2>Accuracy (test set, top-1)</h2>", _table(["Stage", "Accuracy"], accuracy_rows(report)),
         "<h2>Size and speed</h2>", _table(["Quantity", "Before", "After", "Reduction"], summary_rows(report)),

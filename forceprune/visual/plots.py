@@ -54,7 +54,7 @@ def _grid(n: int, max_cols: int, width: float, height: float, **kw) -> tuple[plt
 def plot_force_field(force_field: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Per unit set: unit norm (log) vs distance to the pivot, force weight on a twin axis."""
     with plt.rc_context(STYLE):
-        fig, axes = _grid(len(force_field), 3, 4.6, 3.3)
+        fig, axes = _grid(len(force_field), 3 if len(force_field) <= 12 else 5, 4.6, 3.3)
         for ax, unit_set in zip(axes, force_field):
             _force_panel(ax, unit_set)
         handles = [

@@ -1,0 +1,137 @@
+"""Budgets: ask for a fraction of the dense model's MACs or parameters (or a latency) and get it.
+
+The controller replaces the papers' grid search over ``beta``. It multiplies the force by a
+scale ``s`` that it adjusts while training, so that the fraction ``f`` of the dense cost the
+model would keep if the captured units were removed follows a planned trajectory:
+
+* ``f_plan = 1`` during warm-up (``progress < warmup``);
+* a geometric ramp ``f_plan = target ** ((progress - warmup) / (reach - warmup))`` until
+  ``progress = reach`` (default 70 % of training);
+* then hold at ``target``.
+
+Every ``every`` steps it measures ``f`` and updates ``s <- s * exp(gain * log(f / f_plan))``,
+clipped to at most a doubling or halving per update: above plan pushes harder, below plan eases
+off. Once ``f <= target`` the budget is met: the force is switched off and capture frozen, so
+the remaining training spends the budget on accuracy (no units come back; captured units stay
+zero). If training ends above target, :meth:`ForcePruner.prune` removes the weakest remaining
+units (global competition by force-weighted norm) until the target holds, and reports the cost.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from .errors import ForcePruneError
+
+METRICS = ("macs", "params", "latency")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What to reach and when.
+
+    Args:
+        target: fraction of the dense model's cost to keep, in (0, 1) (e.g. 0.05 = 20x fewer
+            MACs); for ``metric="latency"`` a time in milliseconds.
+        metric: ``"macs"``, ``"params"`` or ``"latency"`` (milliseconds per forward pass of the
+            example inputs, from a latency model fitted on this machine).
+        total_steps: number of ``pruner.step()`` calls in the whole training run.
+        warmup: fraction of training before the force starts to ramp.
+        reach: fraction of training by which the target should be met.
+        every: steps between controller updates (each costs one MACs/params preview).
+        gain: how strongly the scale reacts to the gap (per update, in log units).
+        min_width: floor on every unit set's kept width.
+        round_to: kept widths are rounded up to a multiple of this (hardware alignment).
+        tolerance: relative slack on the target (0.03 = within 3 %).
+    """
+
+    target: float
+    metric: str = "macs"
+    total_steps: int = 0
+    warmup: float = 0.05
+    reach: float = 0.7
+    every: int = 50
+    gain: float = 1.0
+    min_width: int = 1
+    round_to: int = 1
+    tolerance: float = 0.03
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ForcePruneError(f"budget metric {self.metric!r} is not supported; choose one of {METRICS}.")
+        if self.metric == "latency":
+            if not (math.isfinite(self.target) and self.target > 0):
+                raise ForcePruneError(f"target_latency_ms must be > 0 ms, got {self.target!r}.")
+        elif not (0 < self.target < 1):
+            raise ForcePruneError(
+                f"target_{self.metric}={self.target!r} must be a fraction of the dense model in (0, 1): "
+                f"e.g. 0.05 keeps 5 % ({1 / 0.05:.0f}x fewer {self.metric}). A value >= 1 asks for no pruning."
+            )
+        if not isinstance(self.total_steps, int) or self.total_steps < 1:
+            raise ForcePruneError(
+                "a budget needs total_steps: the number of pruner.step() calls in training "
+                "(epochs * batches per epoch), e.g. ForcePruner(..., target_macs=0.1, total_steps=epochs * len(loader))."
+            )
+        if not 0 <= self.warmup < self.reach <= 1:
+            raise ForcePruneError(f"need 0 <= warmup < reach <= 1, got warmup={self.warmup}, reach={self.reach}.")
+        if not isinstance(self.every, int) or self.every < 1:
+            raise ForcePruneError(f"every must be an int >= 1, got {self.every!r}.")
+        if not (self.gain > 0 and math.isfinite(self.gain)):
+            raise ForcePruneError(f"gain must be > 0, got {self.gain!r}.")
+        for name in ("min_width", "round_to"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ForcePruneError(f"{name} must be an int >= 1, got {v!r}.")
+        if not 0 <= self.tolerance < 0.5:
+            raise ForcePruneError(f"tolerance must be in [0, 0.5), got {self.tolerance!r}.")
+
+    def planned(self, progress: float) -> float:
+        """Planned kept fraction (or latency ratio) at ``progress`` in [0, 1]."""
+        target = self.target
+        if progress <= self.warmup:
+            return 1.0
+        if progress >= self.reach:
+            return target
+        s = (progress - self.warmup) / (self.reach - self.warmup)
+        return target**s
+
+
+@dataclass
+class BudgetController:
+    """Adjusts the force scale to follow :class:`Budget`'s plan. State is checkpointable."""
+
+    budget: Budget
+    scale: float = 1.0
+    reached: bool = False
+    last_fraction: float = 1.0
+    updates: int = 0
+
+    def update(self, step: int, fraction: float) -> float:
+        """Feed the measured kept ``fraction`` at ``step``; returns the new force scale."""
+        self.last_fraction = fraction
+        self.updates += 1
+        target = self.budget.target
+        if fraction <= target * (1 + self.budget.tolerance):
+            self.reached = True
+        if self.reached:
+            self.scale = 0.0
+            return self.scale
+        progress = min(step / self.budget.total_steps, 1.0)
+        if progress <= self.budget.warmup:
+            return self.scale
+        plan = self.budget.planned(progress)
+        factor = math.exp(self.budget.gain * math.log(max(fraction, 1e-12) / plan))
+        self.scale = min(max(self.scale * min(max(factor, 0.5), 2.0), 1e-4), 1e4)
+        return self.scale
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "reached": self.reached, "last_fraction": self.last_fraction, "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale = float(state["scale"])
+        self.reached = bool(state["reached"])
+        self.last_fraction = float(state["last_fraction"])
+        self.updates = int(state["updates"])
+
+    def describe(self) -> dict:
+        return {**asdict(self.budget), **self.state_dict()}

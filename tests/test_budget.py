@@ -1,0 +1,103 @@
+"""Budget controller: reach a requested MACs fraction without a beta grid search."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import forceprune as fp
+from forceprune.budget import Budget, BudgetController
+from forceprune.latency import LatencyModel
+
+
+class WideMLP(nn.Module):
+    """Many small units, so a MACs fraction can be hit finely."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.out = nn.Linear(16, 64), nn.Linear(64, 64), nn.Linear(64, 4)
+
+    def forward(self, x):
+        return self.out(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+def _train(target, steps=240, **budget):
+    torch.manual_seed(0)
+    model = WideMLP()
+    x, y = torch.randn(128, 16), torch.randint(0, 4, (128,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    pruner = fp.ForcePruner(model, x[:1], beta=1e-3, optimizer=opt, target_macs=target, total_steps=steps,
+                            budget={"every": 10, **budget})
+    for _ in range(steps):
+        loss = F.cross_entropy(model(x), y) + pruner.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        pruner.step()
+    return model, pruner
+
+
+def test_controller_reaches_the_requested_macs_fraction_and_holds_it():
+    model, pruner = _train(0.3)
+    assert pruner.controller.reached
+    assert pruner.controller.scale == 0.0, "the force is off once the budget is met"
+    report = pruner.prune()
+    achieved = report.macs_after / report.macs_before
+    assert achieved == pytest.approx(0.3, rel=0.05), achieved
+    assert report.max_output_error < 1e-5, "the budget was met by captured zeros: removal is lossless"
+
+
+def test_floors_and_rounding_are_respected():
+    model, pruner = _train(0.3, min_width=8, round_to=8)
+    report = pruner.prune()
+    for row in report.layers:
+        assert row["width_after"] >= 8 and row["width_after"] % 8 == 0, row
+
+
+def test_plan_is_a_geometric_ramp_then_a_hold():
+    b = Budget(target=0.1, total_steps=100, warmup=0.1, reach=0.6)
+    assert b.planned(0.05) == 1.0
+    assert b.planned(0.35) == pytest.approx(0.1**0.5)
+    assert b.planned(0.6) == pytest.approx(0.1) and b.planned(1.0) == pytest.approx(0.1)
+
+
+def test_controller_pushes_harder_above_plan_and_eases_below():
+    c = BudgetController(Budget(target=0.1, total_steps=100, warmup=0.0, reach=1.0))
+    s0 = c.scale
+    c.update(50, 0.9)  # plan at 50 % is 0.1**0.5 = 0.32: far above plan
+    assert c.scale > s0
+    s1 = c.scale
+    c.update(60, 0.2)  # plan 0.25: below plan
+    assert c.scale < s1
+    c.update(70, 0.1)
+    assert c.reached and c.scale == 0.0
+
+
+def test_latency_model_fits_synthetic_timings():
+    # dense 10 ms; halving set a saves 3 ms, set b saves 1 ms; additive
+    lm = LatencyModel.from_timings([10.0, 10.1, 9.9], {"a": 7.0, "b": 9.0}, {"a": 8, "b": 4}, all_half=6.0)
+    assert lm.slopes == pytest.approx({"a": 6.0, "b": 2.0})
+    assert lm.predict({"a": 8, "b": 4}) == pytest.approx(10.0)
+    assert lm.predict({"a": 4, "b": 2}) == pytest.approx(6.0) and lm.check_error == pytest.approx(0.0)
+    assert lm.predict({"a": 0, "b": 4}) == pytest.approx(4.0)
+
+
+def test_latency_model_refuses_noisy_timings():
+    assert LatencyModel.from_timings([10.0, 14.0, 9.0], {"a": 7.0}, {"a": 8}, all_half=7.0) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"target_macs": 1.0, "total_steps": 10}, "must be a fraction of the dense model"),
+        ({"target_macs": 0.0, "total_steps": 10}, "must be a fraction"),
+        ({"target_macs": 0.5, "target_params": 0.5, "total_steps": 10}, "two targets at once"),
+        ({"target_macs": 0.5}, "needs total_steps"),
+        ({"target_macs": 0.5, "total_steps": 10, "budget": {"reech": 0.5}}, "unknown budget options"),
+        ({"budget": {"reach": 0.5}}, "without a target"),
+        ({"target_macs": 0.001, "total_steps": 10}, "cannot be met"),
+        ({"target_macs": 0.5, "total_steps": 10, "budget": {"warmup": 0.8, "reach": 0.5}}, "warmup < reach"),
+    ],
+)
+def test_bad_budgets(kwargs, message):
+    with pytest.raises(fp.ForcePruneError, match=message):
+        fp.ForcePruner(WideMLP(), torch.randn(1, 16), **kwargs)
