@@ -14,6 +14,11 @@ from .report import PruneReport
 
 __version__ = "0.1.0"
 
+from . import distributed, optim_state, plan  # noqa: E402  (heavy dependencies load lazily)
+from .budget import Budget  # noqa: E402
+from .export import export_onnx  # noqa: E402
+from .plan import load_pruned, make_plan, save_pruned  # noqa: E402
+
 __all__ = [
     "ForcePruner",
     "PruneReport",
@@ -24,5 +29,10 @@ __all__ = [
     "layer_macs",
     "measure_latency",
     "forces",
+    "Budget",
+    "export_onnx",
+    "make_plan",
+    "save_pruned",
+    "load_pruned",
     "__version__",
 ]

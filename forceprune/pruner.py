@@ -26,7 +26,15 @@ from .budget import Budget, BudgetController
 from .errors import ForcePruneError, NonFiniteError
 from .forces import PRESETS, Force
 from .metrics import count_macs_params, layer_macs, measure_latency
-from .removal import RemovalPlan, apply_removal, fold_constants, measure_constants, output_error, removable_units
+from .removal import (
+    RemovalPlan,
+    apply_removal,
+    drop_unmeasured,
+    fold_constants,
+    measure_constants,
+    output_error,
+    removable_units,
+)
 from .report import PruneReport
 from .units import PRODUCER_OTHER, PRODUCER_WEIGHT, UnitSet, build_unit_sets, run_model
 
@@ -149,14 +157,14 @@ class ForcePruner:
             return forces_mod.create(preset["force"], **{**preset["force_options"], **options}), preset
         return forces_mod.create(force, **options), dict(_DEFAULT_CAPTURE)
 
-    def _rebuild(self) -> None:
+    def _rebuild(self, allow_empty: bool = False) -> None:
         """(Re)trace the model and collect its unit sets, keeping captured masks by name."""
         old = {us.name: us.dead for us in getattr(self, "unit_sets", [])}
         inputs = _to_device(self.example_inputs, self._device())
         self.graph, self.unit_sets = build_unit_sets(
             self.model, inputs, self.ignored_layers, ignore_output_layers=self.ignore_output_layers
         )
-        if not self.unit_sets:
+        if not self.unit_sets and not allow_empty:
             raise ForcePruneError(
                 "the model has no prunable unit: every conv/linear layer is ignored, is an output layer, or is "
                 "coupled to a LayerNorm/embedding. Check ignored_layers, or pass ignore_output_layers=False."
@@ -466,15 +474,29 @@ class ForcePruner:
             macs_before, params_before = count_macs_params(self.model, inputs)
             per_layer_before = layer_macs(self.model, inputs)
             constants = measure_constants(self.model, plans, calib)
+            warnings += drop_unmeasured(plans, constants)
             warnings += fold_constants(plans, constants)
+            grad_flags = {n: p.requires_grad for n, p in self.model.named_parameters()}
             kept = apply_removal(self.graph, plans, self.model)
+            for n, p in self.model.named_parameters():  # torch-pruning resets requires_grad to True
+                p.requires_grad_(grad_flags.get(n, p.requires_grad))
             with torch.no_grad():
                 y_after = run_model(self.model, calib)
             macs_after, params_after = count_macs_params(self.model, inputs)
             per_layer_after = layer_macs(self.model, inputs)
         finally:
             self.model.train(was)
-        layers = [{"name": p.unit_set.name, "width_before": p.unit_set.size, "width_after": len(kept[p.unit_set.name])} for p in plans]
+        layers = [
+            {
+                "name": p.unit_set.name,
+                "root": p.unit_set.root_name,
+                "kind": p.unit_set.kind,
+                "channels_per_unit": p.unit_set.channels_per_unit,
+                "width_before": p.unit_set.size,
+                "width_after": len(kept[p.unit_set.name]),
+            }
+            for p in plans
+        ]
         report = PruneReport(
             mode=mode,
             macs_before=macs_before,
@@ -492,7 +514,7 @@ class ForcePruner:
         self.history = getattr(self, "history", []) + [report]
         for us in self.unit_sets:
             us.dead = torch.zeros(0, dtype=torch.bool)  # stale after surgery; _rebuild() resets
-        self._rebuild()
+        self._rebuild(allow_empty=True)
         self._summary_cache = None
         return report
 

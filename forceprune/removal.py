@@ -87,6 +87,8 @@ def measure_constants(model: nn.Module, plans: list[RemovalPlan], calibration_in
             h.remove()
     out = {}
     for module, entries in wanted.items():
+        if module not in seen:  # called functionally (e.g. nn.MultiheadAttention's out_proj): unmeasured
+            continue
         x = seen[module].float()
         for s, fold in entries:
             sel = fold[s.unit]
@@ -96,6 +98,23 @@ def measure_constants(model: nn.Module, plans: list[RemovalPlan], calibration_in
             for pos, c, sp in zip(s.index[sel].tolist(), const.tolist(), spread.tolist()):
                 out[(id(s), pos)] = (c, sp)
     return out
+
+
+def drop_unmeasured(plans: list[RemovalPlan], constants: dict) -> list[str]:
+    """Keep units whose constant could not be measured at some consumer (a consumer called
+    functionally, whose inputs no hook sees): removing them could change the function."""
+    notes = []
+    for plan in plans:
+        for s in plan.unit_set.slices:
+            if s.role != CONSUMER:
+                continue
+            for pos, unit in zip(s.index.tolist(), s.unit.tolist()):
+                if plan.fold[unit] and (id(s), pos) not in constants:
+                    plan.fold[unit] = False
+                    plan.remove[unit] = False
+                    notes.append(f"{plan.unit_set.name}: kept unit {unit}: its constant output into {s.module_name} "
+                                 "could not be measured (the layer is called functionally)")
+    return sorted(set(notes))
 
 
 def fold_constants(plans: list[RemovalPlan], constants: dict) -> list[str]:
