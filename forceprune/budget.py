@@ -38,7 +38,8 @@ class Budget:
         total_steps: number of ``pruner.step()`` calls in the whole training run.
         warmup: fraction of training before the force starts to ramp.
         reach: fraction of training by which the target should be met.
-        every: steps between controller updates (each costs one MACs/params preview).
+        every: steps between controller updates (each costs one MACs/params preview); 0 =
+            automatic, about 50 updates over training (at least every 10 steps).
         gain: how strongly the scale reacts to the gap (per update, in log units).
         min_width: floor on every unit set's kept width.
         round_to: kept widths are rounded up to a multiple of this (hardware alignment).
@@ -50,7 +51,7 @@ class Budget:
     total_steps: int = 0
     warmup: float = 0.05
     reach: float = 0.7
-    every: int = 50
+    every: int = 0
     gain: float = 1.0
     min_width: int = 1
     round_to: int = 1
@@ -74,8 +75,10 @@ class Budget:
             )
         if not 0 <= self.warmup < self.reach <= 1:
             raise ForcePruneError(f"need 0 <= warmup < reach <= 1, got warmup={self.warmup}, reach={self.reach}.")
-        if not isinstance(self.every, int) or self.every < 1:
-            raise ForcePruneError(f"every must be an int >= 1, got {self.every!r}.")
+        if not isinstance(self.every, int) or self.every < 0:
+            raise ForcePruneError(f"every must be an int >= 0 (0 = automatic), got {self.every!r}.")
+        if self.every == 0:
+            object.__setattr__(self, "every", max(10, self.total_steps // 50))
         if not (self.gain > 0 and math.isfinite(self.gain)):
             raise ForcePruneError(f"gain must be > 0, got {self.gain!r}.")
         for name in ("min_width", "round_to"):

@@ -106,7 +106,7 @@ def producers_zero(us: UnitSet, tolerance: float = 0.0) -> torch.Tensor:
     out = torch.ones(us.size, dtype=torch.bool)
     for s in us.slices:
         if s.role == PRODUCER_WEIGHT:
-            m = s.elements().detach().abs().float().cpu().amax(1)
+            m = s.position_max_abs().float().cpu()
             per_unit = torch.zeros(us.size).scatter_reduce(0, s.unit.cpu(), m, "amax")
             out &= per_unit <= tolerance
     return out

@@ -23,7 +23,7 @@ examples:
   forceprune prune runs/lenet
   forceprune eval runs/lenet
   forceprune report runs/lenet
-  forceprune bench lenet5_mnist
+  forceprune bench quick
 
 Every config key is documented in forceprune/config.py (RunConfig); `--set key=value`
 takes TOML values (numbers, true/false, [lists], "strings"; bare words are strings).
@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a config key, e.g. --set epochs=3 --set force_options.beta=1e-4")
         _add_data_dir(sub)
+        sub.add_argument("--download", action="store_true",
+                         help="download the dataset (checksum-verified) if it is missing; needs internet")
         sub.add_argument("--output-dir", metavar="DIR", help="run directory (default: config output_dir)")
         _add_overwrite_resume(sub, "continue an interrupted run from its last checkpoint")
         _add_quiet(sub)
@@ -80,10 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", metavar="RUN_DIR", help="directory holding report.json")
 
     bench = command("bench", "Run a benchmark suite (forceprune.bench).",
-                    "example:\n  forceprune bench lenet5_mnist --output-dir runs/bench")
-    bench.add_argument("suite", metavar="SUITE", help="name of the benchmark suite")
+                    "example:\n  forceprune bench quick --output-dir benchmarks/results")
+    bench.add_argument("suite", metavar="SUITE", help="benchmark suite: quick, headline, fmnist, cifar or smoke (see forceprune.bench.SUITES)")
     _add_data_dir(bench)
-    bench.add_argument("--output-dir", metavar="DIR", help="where the suite writes its runs")
+    bench.add_argument("--output-dir", metavar="DIR", help="where the suite writes <suite>.json, .md and .png (default benchmarks/results)")
     return parser
 
 
@@ -138,6 +140,8 @@ def _load_config(args: argparse.Namespace) -> Any:
         overrides.append(f"data_dir={json.dumps(args.data_dir)}")
     if args.output_dir is not None:
         overrides.append(f"output_dir={json.dumps(args.output_dir)}")
+    if getattr(args, "download", False):
+        overrides.append("download=true")
     return load_config(args.config, overrides)
 
 
@@ -209,7 +213,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("forceprune bench: error: benchmarks are not available in this installation "
               "(the forceprune.bench module is missing)", file=sys.stderr)
         return EXIT_USAGE
-    return int(bench_main(args.suite, data_dir=args.data_dir, output_dir=args.output_dir) or 0)
+    from .errors import ForcePruneError
+
+    try:
+        bench_main(args.suite, data_dir=args.data_dir, output_dir=args.output_dir)
+    except ForcePruneError as exc:
+        print(f"forceprune bench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
 
 
 def _percent(value: float | None) -> str:

@@ -57,6 +57,13 @@ class RunConfig:
     force_options: dict = _opt({}, "Options of the force law passed to ForcePruner, e.g. beta (penalty strength), norm, pivot, scale.")
     capture: Literal["unit", "element"] | None = _opt(None, 'What is captured (held at exactly 0): whole units ("unit") or single weights ("element"); unset = the force\'s default.')
     threshold: float | None = _opt(None, "Capture threshold in weight units (unit: all |w| of a unit <= it; element: |w| < it); unset = the force's default.")
+    capture_every: int = _opt(10, "Capture every this many optimizer steps (0 = only at epoch end, as ETP's code).")
+    cost_power: float = _opt(0.0, "Weight each unit set's force by (MACs per unit / mean)**cost_power; 0 = the papers' uniform force.")
+    target_macs: float | None = _opt(None, "Keep this fraction of the dense model's MACs (e.g. 0.1 = 10x fewer): the budget controller sets the force strength; unset = fixed beta.")
+    target_params: float | None = _opt(None, "Keep this fraction of the dense model's parameters (budget controller); unset = none.")
+    target_latency_ms: float | None = _opt(None, "Reach this latency (ms per sample batch of latency_batch_sizes[0]) on this machine; unset = none.")
+    budget: dict = _opt({}, "Budget controller options: warmup, reach (fraction of training by which the target is met, default 0.7), every, gain, min_width, round_to, tolerance.")
+    download: bool = _opt(False, "Download the dataset (checksum-verified) into data_dir when it is missing; needs internet.")
     data_dir: str | None = _opt(None, "Dataset root directory; unset = $FORCEPRUNE_DATA, then ~/.cache/forceprune/data.")
     train_subset: int = _opt(0, "Use only this many training samples (random, seeded); 0 = all. For smoke tests.")
     test_subset: int = _opt(0, "Use only this many test samples (random, seeded); 0 = all. For smoke tests.")
@@ -142,11 +149,11 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     if not dot:
         data[head] = value
         return
-    if head != "force_options":
-        raise ConfigError(f"override {item!r}: only force_options has sub-keys; use {head}=value")
-    options = dict(data.get("force_options", {}))
+    if head not in ("force_options", "budget"):
+        raise ConfigError(f"override {item!r}: only force_options and budget have sub-keys; use {head}=value")
+    options = dict(data.get(head, {}))
     options[tail] = value
-    data["force_options"] = options
+    data[head] = options
 
 
 def parse_literal(text: str) -> Any:
@@ -318,6 +325,17 @@ def _check_values(c: RunConfig) -> list[str]:
         f"latency_batch_sizes = {list(c.latency_batch_sizes)} must be a non-empty list of batch sizes >= 1, e.g. [1, 64]",
     )
     need(all(isinstance(k, str) for k in c.force_options), "force_options keys must be strings")
+    need(c.capture_every >= 0, f"capture_every = {c.capture_every} must be >= 0 (0 = capture at epoch end only)")
+    need(0 <= c.cost_power <= 4, f"cost_power = {c.cost_power} must be in [0, 4]: 0 = uniform, 1 = MACs-proportional")
+    targets = [n for n in ("target_macs", "target_params", "target_latency_ms") if getattr(c, n) is not None]
+    need(len(targets) <= 1, f"{' and '.join(targets)} are both set: give one target (the controller follows one)")
+    for n in ("target_macs", "target_params"):
+        v = getattr(c, n)
+        need(v is None or 0 < v < 1, f"{n} = {v} must be a fraction of the dense model in (0, 1), e.g. {n} = 0.1 for 10x fewer")
+    need(c.target_latency_ms is None or c.target_latency_ms > 0, f"target_latency_ms = {c.target_latency_ms} must be > 0 ms")
+    budget_keys = {"warmup", "reach", "every", "gain", "min_width", "round_to", "tolerance"}
+    need(set(c.budget) <= budget_keys, f"unknown budget options {sorted(set(c.budget) - budget_keys)}; valid: {', '.join(sorted(budget_keys))}")
+    need(not c.budget or bool(targets), "budget options are set but no target: add target_macs, target_params or target_latency_ms")
     need("beta" not in c.force_options or _is_number(c.force_options["beta"]) and c.force_options["beta"] >= 0,
          f"force_options.beta = {c.force_options.get('beta')!r} must be a number >= 0, e.g. beta = 5e-4")
     need(bool(c.output_dir.strip()), 'output_dir is empty: set e.g. output_dir = "runs/my_run"')

@@ -98,7 +98,7 @@ class ForcePruner:
         *,
         capture: str | None = None,
         threshold: float | None = None,
-        capture_every: int = 1,
+        capture_every: int = 10,
         snap: float = 1.0,
         cost_power: float = 0.0,
         target_macs: float | None = None,
@@ -135,6 +135,7 @@ class ForcePruner:
         self.optimizer = optimizer
         self.steps = 0
         self._summary_cache: tuple | None = None
+        self._counts_now: tuple[int, int] | None = None
         self._rebuild()
         inputs = _to_device(self.example_inputs, self._device())
         self.macs_dense, self.params_dense = count_macs_params(self.model, inputs)
@@ -311,7 +312,9 @@ class ForcePruner:
             self.controller.update(self.steps, self.kept_fraction())
 
     def capture(self) -> int:
-        """Capture now: returns how many units became exactly zero."""
+        """Capture now: returns how many units became exactly zero (none once a budget is met)."""
+        if self.controller is not None and self.controller.reached:
+            return 0
         if self.capture_mode == "element":
             new = cap.clip_elements(self.unit_sets, self.force.include, self.threshold, self.optimizer)
         else:
@@ -442,9 +445,10 @@ class ForcePruner:
     def _preview(self, removable: list[torch.Tensor]) -> tuple[int, int, int, int]:
         """``(macs_now, params_now, macs_if_removed, params_if_removed)``."""
         inputs = _to_device(self.example_inputs, self._device())
-        macs_now, params_now = count_macs_params(self.model, inputs)
+        if self._counts_now is None:
+            self._counts_now = count_macs_params(self.model, inputs)
         macs, params = count_macs_params(self.pruned_copy(removable), inputs)
-        return macs_now, params_now, macs, params
+        return (*self._counts_now, macs, params)
 
     # -- removal ---------------------------------------------------------------------------------
     def prune(
@@ -516,6 +520,7 @@ class ForcePruner:
             us.dead = torch.zeros(0, dtype=torch.bool)  # stale after surgery; _rebuild() resets
         self._rebuild(allow_empty=True)
         self._summary_cache = None
+        self._counts_now = None
         return report
 
     def _plans(self, widths: dict[str, int] | None, tolerance: float) -> tuple[list[RemovalPlan], list[str]]:

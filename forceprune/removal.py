@@ -38,7 +38,7 @@ def consumers_zero(us: UnitSet, tolerance: float = 0.0) -> torch.Tensor:
     for s in us.slices:
         if s.role == CONSUMER:
             found = True
-            m = s.elements().detach().abs().float().cpu().amax(1)
+            m = s.position_max_abs().float().cpu()
             out &= torch.zeros(us.size).scatter_reduce(0, s.unit.cpu(), m, "amax") <= tolerance
     return out if found else torch.zeros(us.size, dtype=torch.bool)
 

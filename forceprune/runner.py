@@ -151,7 +151,7 @@ def open_session(config: RunConfig, out_dir: Path, *, progress: bool = True, com
     from .data import BatchLoader, load_dataset
 
     device = resolve_device(config.device)
-    train_set, test_set, info = load_dataset(config.dataset, root=config.data_dir, augment=True)
+    train_set, test_set, info = load_dataset(config.dataset, root=config.data_dir, augment=True, download=config.download)
     train_set = _subset(train_set, config.train_subset, config.seed)
     test_set = _subset(test_set, config.test_subset, config.seed)
     train_loader = BatchLoader(train_set, config.batch_size, shuffle=True, augment=True, seed=config.seed)
@@ -192,9 +192,14 @@ def build_pruner(model: nn.Module, session: Session) -> Any:
     from .models import output_layers
 
     config = session.config
+    targets = {k: getattr(config, k) for k in ("target_macs", "target_params", "target_latency_ms") if getattr(config, k) is not None}
+    budget = {}
+    if targets:
+        budget = {"total_steps": config.epochs * len(session.train_loader), "budget": dict(config.budget)}
     return fp.ForcePruner(model, session.example_input.to(session.device), force=config.force,
                           ignored_layers=output_layers(model), capture=config.capture,
-                          threshold=config.threshold, **config.force_options)
+                          threshold=config.threshold, capture_every=config.capture_every,
+                          cost_power=config.cost_power, **targets, **budget, **config.force_options)
 
 
 # -- stages ------------------------------------------------------------------------------------

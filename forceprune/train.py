@@ -231,6 +231,9 @@ class Trainer:
             loss = task_loss.float() + penalty
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            if hasattr(self.pruner, "after_backward"):  # gradient-editing regularisers (torch-pruning's)
+                self.scaler.unscale_(self.optimizer)
+                self.pruner.after_backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             if self.pruner is not None:

@@ -86,6 +86,32 @@ class Slice:
         moved = t.movedim(self.dim, 0) if self.dim else t
         return moved.index_select(0, self.index.to(t.device)).reshape(len(self.index), -1)
 
+    def position_sums(self, power: int) -> torch.Tensor:
+        """Differentiable ``(n,)``: sum of ``|w|**power`` over each position's elements.
+
+        Reduces the whole parameter along every other axis first and then picks positions, so
+        no slice of the weight is ever copied (the penalty's cost is one elementwise op and one
+        reduction per parameter)."""
+        t = self.param
+        if self.group_rows:
+            e = self.elements()
+            return e.abs().sum(1) if power == 1 else (e * e).sum(1)
+        v = t.abs() if power == 1 else t * t
+        dims = [d for d in range(t.dim()) if d != self.dim]
+        sums = v.sum(dim=dims) if dims else v
+        return sums.index_select(0, self.index.to(sums.device))
+
+    def position_max_abs(self) -> torch.Tensor:
+        """``(n,)`` largest absolute element of each position (no grad)."""
+        with torch.no_grad():
+            t = self.param.detach()
+            if self.group_rows:
+                e = self.elements().detach().abs()
+                return e.amax(1) if e.shape[1] else torch.zeros(len(e), device=t.device)
+            dims = [d for d in range(t.dim()) if d != self.dim]
+            m = t.abs().amax(dim=dims) if dims else t.abs()
+            return m.index_select(0, self.index.to(m.device))
+
     def zero_(self, tensor: torch.Tensor, units: torch.Tensor) -> None:
         """Set to zero, in place, this slice's elements of ``tensor`` for the given units.
 
@@ -151,8 +177,7 @@ class UnitSet:
         """Differentiable ``(G,)`` tensor: sum over each unit's elements of ``|w|**power``."""
         out = None
         for s in self.select(include):
-            e = s.elements()
-            part = e.abs().sum(1) if power == 1 else e.pow(2).sum(1)
+            part = s.position_sums(power)
             acc = torch.zeros(self.size, dtype=part.dtype, device=part.device)
             acc = acc.index_add(0, s.unit.to(part.device), part)
             out = acc if out is None else out + acc
@@ -165,8 +190,7 @@ class UnitSet:
         with torch.no_grad():
             out = torch.zeros(self.size)
             for s in self.select(include):
-                e = s.elements().detach().abs().float().cpu()
-                m = e.amax(1) if e.shape[1] else torch.zeros(len(e))
+                m = s.position_max_abs().float().cpu()
                 out = torch.maximum(out, torch.zeros(self.size).scatter_reduce(0, s.unit.cpu(), m, "amax"))
             return out
 

@@ -106,6 +106,11 @@ def test_data_root_precedence(monkeypatch, tmp_path):
     assert data_root(str(tmp_path / "cli")) == tmp_path / "cli"
     assert data_root() == tmp_path / "env"
     monkeypatch.delenv("FORCEPRUNE_DATA")
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "checkout").mkdir()
+    monkeypatch.chdir(tmp_path / "checkout")  # a team checkout beside shared/data
+    assert data_root() == tmp_path / "shared" / "data"
+    monkeypatch.chdir(tmp_path)  # no shared/data beside it: the user cache
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert data_root() == tmp_path / "xdg" / "forceprune" / "data"
     monkeypatch.delenv("XDG_CACHE_HOME")

@@ -1,0 +1,380 @@
+"""Side-by-side benchmarks: every method, the same budget, the same seeds.
+
+``forceprune bench SUITE`` trains and prunes each method of the suite at each MACs level and
+seed, under one training budget (same model, data, epochs, optimizer, seeds), and writes
+``<out>/<suite>.json``, ``<out>/<suite>.md`` and ``<out>/<suite>.png`` (accuracy against MACs
+reduction). Force methods reach each level through the budget controller (no beta search);
+Torch-Pruning's methods reach it with their own progressive loop. Accuracies are final-epoch
+test accuracies: nothing is selected on the test set.
+
+Per point: accuracy dense / just before removal / just after removal / final, MACs and params,
+CPU latency at batch 1 and 64 in eager PyTorch and ONNX Runtime (dense and pruned measured side
+by side in one process, median of rounds), the force's step-time overhead, and the MACs reached
+against the MACs requested.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+FORCE_METHODS = {
+    "etp": ("etp", {"beta": 1e-2, "norm": "l2"}),
+    "etp_official": ("etp-official", {}),
+    "torque": ("torque", {"beta": 1e-2, "norm": "l2"}),
+    "electrostatic": ("electrostatic", {"beta": 1e-2, "norm": "l2"}),
+    "gravity": ("gravity", {"beta": 1e-2}),
+}
+TP_METHODS = ("tp_l1", "tp_group_norm")
+ALL_METHODS = ("dense",) + TP_METHODS + tuple(FORCE_METHODS)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One benchmark: model, data and the shared training budget."""
+
+    name: str
+    model: str
+    dataset: str
+    epochs: int  # total training epochs per point, for every method
+    levels: tuple[float, ...]  # kept MACs fractions (0.1 = 10x fewer)
+    seeds: tuple[int, ...] = (0,)
+    methods: tuple[str, ...] = ALL_METHODS
+    finetune_epochs: int = 1  # of `epochs`, spent fine-tuning by Torch-Pruning's methods
+    lr: float = 0.05
+    batch_size: int = 128
+    weight_decay: float = 5e-4
+    train_subset: int = 0
+    test_subset: int = 0
+    latency_batches: tuple[int, ...] = (1, 64)
+    note: str = ""
+
+
+SUITES: dict[str, Suite] = {
+    "quick": Suite("quick", "lenet5", "mnist", epochs=4, levels=(0.2, 0.1, 0.05), seeds=(0,),
+                   note="LeNet-5 (Caffe 20-50-500), full MNIST, 4 epochs per point on 2 CPU cores"),
+    "headline": Suite("headline", "lenet5", "mnist", epochs=20, levels=(0.05,), seeds=(0,),
+                      methods=("dense", "tp_group_norm", "etp_official", "etp"), finetune_epochs=5,
+                      note="LeNet-5 / MNIST, the 20-epoch budget of our headline target"),
+    "fmnist": Suite("fmnist", "lenet5", "fashion_mnist", epochs=4, levels=(0.3, 0.15, 0.08), seeds=(0,),
+                    note="LeNet-5 / Fashion-MNIST, 4 epochs per point"),
+    "cifar": Suite("cifar", "resnet20", "cifar10", epochs=10, levels=(0.5, 0.3), seeds=(0,),
+                   methods=("dense", "tp_group_norm", "torque", "etp"), finetune_epochs=2, lr=0.1,
+                   note="ResNet-20 / CIFAR-10 (JPEG-derived copy: compare side by side only), 10 epochs per point on CPU"),
+    "smoke": Suite("smoke", "lenet5", "mnist", epochs=1, levels=(0.5,), seeds=(0,), methods=("tp_group_norm", "etp"),
+                   finetune_epochs=0, train_subset=1024, test_subset=512, latency_batches=(1,),
+                   note="harness self-test: 1 epoch on 1k images"),
+}
+
+
+def main(suite: str, data_dir: str | None = None, output_dir: str | None = None, **overrides) -> dict:
+    """Run ``suite`` (a name from :data:`SUITES`) and write its JSON, markdown and plot."""
+    if suite not in SUITES:
+        from .errors import ForcePruneError
+
+        raise ForcePruneError(f"unknown benchmark suite {suite!r}; available: {', '.join(SUITES)}.")
+    spec = replace(SUITES[suite], **overrides) if overrides else SUITES[suite]
+    out = Path(output_dir or "benchmarks/results")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    points = []
+    for seed in spec.seeds:
+        for method in spec.methods:
+            levels = (1.0,) if method == "dense" else spec.levels
+            for level in levels:
+                point = run_point(spec, method, level, seed, data_dir)
+                points.append(point)
+                print(_point_line(point), flush=True)
+    result = {
+        "suite": asdict(spec), "points": points, "summary": summarise(points),
+        "wall_s": time.perf_counter() - started, "machine": _machine(), "date": time.strftime("%Y-%m-%d"),
+        "command": f"forceprune bench {suite}" + (f" --data-dir {data_dir}" if data_dir else ""),
+    }
+    _write_json(result, out / f"{suite}.json")
+    (out / f"{suite}.md").write_text(markdown(result))
+    plot(result, out / f"{suite}.png")
+    return result
+
+
+# -- one point ------------------------------------------------------------------------------------
+
+
+def _config(spec: Suite, method: str, level: float, seed: int, data_dir: str | None):
+    from .config import RunConfig
+
+    force, options = FORCE_METHODS.get(method, ("etp", {}))
+    if method == "electrostatic":  # positional charges: the repelled side must be large enough
+        options = {**options, "keep_ratio": round(max(0.05, 0.8 * math.sqrt(level)), 3)}
+    is_force = method in FORCE_METHODS
+    return RunConfig(
+        model=spec.model, dataset=spec.dataset, force=force, force_options=options, data_dir=data_dir,
+        epochs=spec.epochs, lr=spec.lr, batch_size=spec.batch_size, weight_decay=spec.weight_decay, seed=seed,
+        train_subset=spec.train_subset, test_subset=spec.test_subset,
+        target_macs=level if is_force else None, output_dir=tempfile.mkdtemp(prefix="fp-bench-"),
+        finetune_epochs=spec.finetune_epochs if method in TP_METHODS else 0,
+    )
+
+
+def run_point(spec: Suite, method: str, level: float, seed: int, data_dir: str | None) -> dict:
+    """Train and prune one (method, MACs level, seed) under the suite's budget."""
+    from .baselines import TorchPruningMethod
+    from .models import output_layers
+    from .runner import build_model, build_pruner, open_session
+    from .train import Phase, Trainer, evaluate
+
+    config = _config(spec, method, level, seed, data_dir)
+    session = open_session(config, Path(config.output_dir), progress=False)
+    model, channels_last = build_model(session)
+    device, x1 = session.device, session.example_input.to(session.device)
+    started = time.perf_counter()
+
+    def fit(phase_name: str, epochs: int, pruner: Any, lr: float | None = None) -> None:
+        phase = replace(Phase.from_config(config, phase_name), epochs=epochs, **({"lr": lr} if lr else {}))
+        Trainer(model, phase, config, session.train_loader, session.test_loader, device=device,
+                channels_last=channels_last, pruner=pruner, progress=False).fit()
+
+    def acc() -> float:
+        return evaluate(model, session.test_loader, device, channels_last)
+
+    point: dict[str, Any] = {"method": method, "level": level, "seed": seed}
+    overhead = None
+    if method == "dense":
+        fit("dense", spec.epochs, None)
+        dense = copy.deepcopy(model)
+        point.update(acc_before_removal=acc(), acc_after_removal=None)
+        removal = None
+    elif method in TP_METHODS:
+        tpm = TorchPruningMethod(model, x1, method, ignored_layers=output_layers(model))
+        fit("force", spec.epochs - spec.finetune_epochs, tpm)
+        dense = copy.deepcopy(model)
+        point["acc_before_removal"] = acc()
+        removal = tpm.prune_to(level)
+        removal["max_output_error"] = None
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        point["acc_after_removal"] = acc()
+        if spec.finetune_epochs:
+            fit("finetune", spec.finetune_epochs, None, lr=0.1 * spec.lr)
+    else:
+        pruner = build_pruner(model, session)
+        fit("force", spec.epochs, pruner)
+        overhead = step_overhead(model, pruner, session, channels_last)
+        dense = copy.deepcopy(model)
+        point["acc_before_removal"] = acc()
+        report = pruner.prune(calibration_inputs=session.calibration.to(device))
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        point["acc_after_removal"] = acc()
+        removal = report.to_dict()
+    point["acc_final"] = acc()
+    point["train_s"] = time.perf_counter() - started
+    if removal is not None:
+        point.update(macs_before=removal["macs_before"], macs_after=removal["macs_after"],
+                     params_before=removal["params_before"], params_after=removal["params_after"],
+                     max_output_error=removal["max_output_error"])
+        point["macs_reduction"] = removal["macs_before"] / max(removal["macs_after"], 1)
+        point["macs_reached_vs_target"] = removal["macs_after"] / removal["macs_before"] / level
+    else:
+        from .metrics import count_macs_params
+
+        macs, params = count_macs_params(model, x1)
+        point.update(macs_before=macs, macs_after=macs, params_before=params, params_after=params,
+                     macs_reduction=1.0, max_output_error=None)
+    point["step_overhead"] = overhead
+    point["latency"] = latencies(dense, model, session, spec.latency_batches) if method != "dense" else None
+    return point
+
+
+def step_overhead(model, pruner, session, channels_last: bool, steps: int = 20) -> float:
+    """Extra time of ``penalty()`` + ``pruner.step()`` relative to a plain training step
+    (median over interleaved rounds, same batch, SGD at lr 0: weights do not change)."""
+    from .train import to_device
+
+    x, y = next(iter(session.train_loader))
+    x, y = to_device(x, session.device, channels_last), y.to(session.device)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    saved = pruner.optimizer
+    pruner.attach_optimizer(opt)
+
+    def one(with_force: bool) -> float:
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        if with_force:
+            loss = loss + pruner.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if with_force:
+            pruner.step()
+        return time.perf_counter() - t0
+
+    plain, forced = [], []
+    for _ in range(steps):
+        plain.append(one(False))
+        forced.append(one(True))
+    pruner.attach_optimizer(saved)
+    return statistics.median(forced) / statistics.median(plain) - 1.0
+
+
+def latencies(dense, pruned, session, batches) -> dict:
+    """Median ms per forward pass, dense vs pruned, eager and ONNX Runtime, side by side."""
+    from .metrics import measure_latency
+
+    out: dict[str, Any] = {}
+    images = session.calibration
+    for b in batches:
+        x = images[torch.arange(b) % len(images)].to(session.device)
+        rounds = [(measure_latency(dense, x, repeats=10), measure_latency(pruned, x, repeats=10)) for _ in range(5)]
+        d, p = statistics.median(r[0] for r in rounds), statistics.median(r[1] for r in rounds)
+        out[f"eager_b{b}"] = {"dense_ms": d, "pruned_ms": p, "speedup": d / p}
+        ort = _ort_latency(dense, pruned, x)
+        if ort is not None:
+            out[f"ort_b{b}"] = ort
+    return out
+
+
+def _ort_latency(dense, pruned, x) -> dict | None:
+    try:
+        import onnxruntime as ort
+
+        from .export import export_onnx
+    except ImportError:
+        return None
+    times = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = {}
+        for name, model in (("dense", dense), ("pruned", pruned)):
+            path = os.path.join(tmp, f"{name}.onnx")
+            export_onnx(copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).cpu(), x.cpu(), path,
+                        check=False)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()
+            sessions[name] = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        feed = x.cpu().numpy()
+        for name, sess in sessions.items():
+            inp = sess.get_inputs()[0].name
+            for _ in range(5):
+                sess.run(None, {inp: feed})
+        rounds = {"dense": [], "pruned": []}
+        for _ in range(5):
+            for name, sess in sessions.items():
+                inp = sess.get_inputs()[0].name
+                ts = []
+                for _ in range(10):
+                    t0 = time.perf_counter()
+                    sess.run(None, {inp: feed})
+                    ts.append((time.perf_counter() - t0) * 1e3)
+                rounds[name].append(statistics.median(ts))
+        times = {k: statistics.median(v) for k, v in rounds.items()}
+    return {"dense_ms": times["dense"], "pruned_ms": times["pruned"], "speedup": times["dense"] / times["pruned"]}
+
+
+# -- aggregation and output -----------------------------------------------------------------------
+
+
+def summarise(points: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds, per (method, level)."""
+    groups: dict[tuple, list[dict]] = {}
+    for p in points:
+        groups.setdefault((p["method"], p["level"]), []).append(p)
+    dense_acc = [p["acc_final"] for p in points if p["method"] == "dense"]
+    dense_mean = statistics.mean(dense_acc) if dense_acc else None
+    rows = []
+    for (method, level), ps in groups.items():
+        row = {"method": method, "level": level, "seeds": len(ps)}
+        for key in ("acc_before_removal", "acc_after_removal", "acc_final", "macs_reduction",
+                    "macs_reached_vs_target", "step_overhead"):
+            vals = [p[key] for p in ps if p.get(key) is not None]
+            row[key] = statistics.mean(vals) if vals else None
+            row[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else None
+        row["delta_vs_dense"] = row["acc_final"] - dense_mean if dense_mean is not None else None
+        drops = [p["acc_before_removal"] - p["acc_after_removal"] for p in ps if p.get("acc_after_removal") is not None]
+        row["removal_drop"] = statistics.mean(drops) if drops else None
+        for lat in ("eager_b1", "eager_b64", "ort_b1", "ort_b64"):
+            vals = [p["latency"][lat]["speedup"] for p in ps if p.get("latency") and lat in p["latency"]]
+            row[f"speedup_{lat}"] = statistics.mean(vals) if vals else None
+        rows.append(row)
+    return rows
+
+
+def _fmt(v, spec="{:.2f}", none="–") -> str:
+    return none if v is None else spec.format(v)
+
+
+def markdown(result: dict) -> str:
+    suite = result["suite"]
+    lines = [
+        f"### Suite `{suite['name']}`: {suite['note']}",
+        "",
+        f"`{result['command']}` — {result['date']}, {result['machine']}, wall time {result['wall_s'] / 60:.1f} min; "
+        f"budget {suite['epochs']} epochs per point (Torch-Pruning methods: {suite['epochs'] - suite['finetune_epochs']} "
+        f"+ {suite['finetune_epochs']} fine-tuning), seeds {list(suite['seeds'])}. Final-epoch test accuracy (%), "
+        "mean ± std over seeds; nothing selected on the test set.",
+        "",
+        "| method | target MACs | MACs ↓ | reached/target | acc before removal | acc after removal | final acc | Δ vs dense |"
+        " removal drop | speed-up b1 / b64 (eager) | b1 / b64 (ORT) | force overhead |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["summary"]:
+        target = "dense" if r["method"] == "dense" else f"{r['level']:.3g} ({1 / r['level']:.0f}×)"
+        lines.append(
+            f"| {r['method']} | {target} | {_fmt(r['macs_reduction'], '{:.1f}×')} | {_fmt(r['macs_reached_vs_target'])} "
+            f"| {_fmt(r['acc_before_removal'])} | {_fmt(r['acc_after_removal'])} "
+            f"| {_fmt(r['acc_final'])} ± {_fmt(r['acc_final_std'])} | {_fmt(r['delta_vs_dense'], '{:+.2f}')} "
+            f"| {_fmt(r['removal_drop'], '{:+.2f}')} "
+            f"| {_fmt(r['speedup_eager_b1'], '{:.2f}×')} / {_fmt(r['speedup_eager_b64'], '{:.2f}×')} "
+            f"| {_fmt(r['speedup_ort_b1'], '{:.2f}×')} / {_fmt(r['speedup_ort_b64'], '{:.2f}×')} "
+            f"| {_fmt(r['step_overhead'], '{:+.0%}')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """Pareto plot: final accuracy against MACs reduction (log scale), one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = result["summary"]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        pts = sorted((r["macs_reduction"], r["acc_final"], r["acc_final_std"] or 0) for r in rows if r["method"] == method)
+        xs, ys, es = zip(*pts)
+        style = {"marker": "*", "markersize": 12, "linestyle": "none"} if method == "dense" else {"marker": "o"}
+        ax.errorbar(xs, ys, yerr=es, label=method, capsize=3, **style)
+    ax.set_xscale("log")
+    ax.set_xlabel("MACs reduction (dense MACs / pruned MACs, log scale)")
+    ax.set_ylabel("final test accuracy (%)")
+    ax.set_title(f"{result['suite']['name']}: {result['suite']['model']} / {result['suite']['dataset']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _point_line(p: dict) -> str:
+    return (f"{p['method']:>14} level {p['level']:<5} seed {p['seed']}: final {p['acc_final']:.2f}%  "
+            f"MACs {p['macs_reduction']:.1f}x  ({p['train_s']:.0f}s)")
+
+
+def _machine() -> str:
+    return f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)

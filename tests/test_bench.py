@@ -1,0 +1,28 @@
+"""A miniature benchmark (two methods, one epoch, 1k images) so the harness cannot rot."""
+import json
+
+import pytest
+
+from forceprune import bench
+
+
+def test_smoke_suite_writes_json_markdown_and_plot(data_dir, tmp_path):
+    result = bench.main("smoke", data_dir=data_dir, output_dir=str(tmp_path))
+    methods = {p["method"] for p in result["points"]}
+    assert methods == {"etp", "tp_group_norm"}
+    for p in result["points"]:
+        assert 0 <= p["acc_final"] <= 100
+        assert p["macs_after"] < p["macs_before"]
+        assert p["latency"]["eager_b1"]["dense_ms"] > 0
+    etp = next(p for p in result["points"] if p["method"] == "etp")
+    assert etp["max_output_error"] < 1e-4, "force methods remove only captured zeros"
+    assert etp["step_overhead"] is not None
+    saved = json.loads((tmp_path / "smoke.json").read_text())
+    assert saved["summary"] and (tmp_path / "smoke.png").stat().st_size > 1000
+    table = (tmp_path / "smoke.md").read_text()
+    assert "| etp |" in table and "| tp_group_norm |" in table
+
+
+def test_unknown_suite_names_the_available_ones():
+    with pytest.raises(ValueError, match="available: quick"):
+        bench.main("nope")
