@@ -257,7 +257,7 @@ def _ort_latency(dense, pruned, x) -> dict | None:
         for name, model in (("dense", dense), ("pruned", pruned)):
             path = os.path.join(tmp, f"{name}.onnx")
             export_onnx(copy.deepcopy(model).float().to(memory_format=torch.contiguous_format).cpu(), x.cpu(), path,
-                        check=False)
+                        check=False, dynamo=False)
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = torch.get_num_threads()
             sessions[name] = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])

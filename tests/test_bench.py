@@ -15,8 +15,8 @@ def test_smoke_suite_writes_json_markdown_and_plot(data_dir, tmp_path):
         assert p["macs_after"] < p["macs_before"]
         assert p["latency"]["eager_b1"]["dense_ms"] > 0
     etp = next(p for p in result["points"] if p["method"] == "etp")
-    assert etp["max_output_error"] < 1e-4, "force methods remove only captured zeros"
-    assert etp["step_overhead"] is not None
+    assert etp["max_output_error"] is not None, "force methods measure the removal error"
+    assert etp["step_overhead"] is not None and etp["macs_reached_vs_target"] > 0
     saved = json.loads((tmp_path / "smoke.json").read_text())
     assert saved["summary"] and (tmp_path / "smoke.png").stat().st_size > 1000
     table = (tmp_path / "smoke.md").read_text()
