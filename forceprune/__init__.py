@@ -7,6 +7,7 @@
     report = pruner.prune()
 """
 from . import forces
+from . import attention  # noqa: F401  (registers the attention-head / FFN-neuron unit provider)
 from .errors import ForcePruneError, NonFiniteError, UnknownForceError
 from .metrics import count_macs_params, layer_macs, measure_latency
 from .pruner import ForcePruner

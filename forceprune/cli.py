@@ -145,9 +145,45 @@ def _load_config(args: argparse.Namespace) -> Any:
     return load_config(args.config, overrides)
 
 
+def _text_task(args: argparse.Namespace) -> dict | None:
+    """Raw TOML of a text-classification config (``task = "text_classification"``), overrides
+    applied; None for vision configs."""
+    import tomllib
+
+    try:
+        with open(args.config, "rb") as f:
+            raw = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None  # load_config reports these with its own message
+    if raw.get("task") != "text_classification":
+        return None
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        head, dot, tail = key.strip().partition(".")
+        from .config import parse_literal
+
+        if dot:
+            raw.setdefault(head, {})[tail] = parse_literal(value.strip())
+        else:
+            raw[head] = parse_literal(value.strip())
+    if args.data_dir is not None:
+        raw["data_dir"] = args.data_dir
+    return raw
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from . import runner
 
+    raw = _text_task(args)
+    if raw is not None:  # transformers on text: forceprune.text
+        from .text import run_text_classification
+
+        out = args.output_dir or raw.get("output_dir")
+        if out and Path(out, "report.json").exists() and not args.overwrite:
+            raise runner.RunDirError(f"{out} already holds a run; pass --overwrite to replace it")
+        report = run_text_classification(raw, out)
+        print(json.dumps({k: report.get(k) for k in ("acc_dense", "acc_final", "macs_before", "macs_after")}, indent=1))
+        return 0
     report = runner.run(_load_config(args), command=args.command_line, config_path=args.config,
                         overwrite=args.overwrite, resume=args.resume, progress=not args.quiet)
     print_report(report, Path(report["config"]["output_dir"]))

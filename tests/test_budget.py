@@ -60,16 +60,20 @@ def test_plan_is_a_geometric_ramp_then_a_hold():
     assert b.planned(0.6) == pytest.approx(0.1) and b.planned(1.0) == pytest.approx(0.1)
 
 
-def test_controller_pushes_harder_above_plan_and_eases_below():
+def test_controller_pushes_harder_behind_plan_and_holds_ahead_of_it():
     c = BudgetController(Budget(target=0.1, total_steps=100, warmup=0.0, reach=1.0))
-    s0 = c.scale
-    c.update(50, 0.9)  # plan at 50 % is 0.1**0.5 = 0.32: far above plan
-    assert c.scale > s0
-    s1 = c.scale
-    c.update(60, 0.2)  # plan 0.25: below plan
-    assert c.scale < s1
+    c.update(50, 0.9)  # plan at 50 % is 0.1**0.5 = 0.32: far behind plan (> 1.5x): up to 2x
+    assert c.scale == pytest.approx(2.0)
+    c.update(55, 0.33)  # plan 0.28: a little behind: at most 1.25x
+    assert 2.0 < c.scale <= 2.5
+    s = c.scale
+    c.update(60, 0.2)  # plan 0.25: ahead of plan: hold (captured units are permanent)
+    assert c.scale == s
+    eased = BudgetController(Budget(target=0.1, total_steps=100, warmup=0.0, reach=1.0), floor=0.9)
+    eased.update(60, 0.2)
+    assert eased.scale == pytest.approx(0.9)
     c.update(70, 0.1)
-    assert c.reached and c.scale == 0.0
+    assert c.reached and c.scale == 0.0, "target met: force off, capture frozen"
 
 
 def test_latency_model_fits_synthetic_timings():

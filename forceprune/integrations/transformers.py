@@ -1,0 +1,329 @@
+"""forceprune inside ``transformers.Trainer``: three added lines in a user's script::
+
+    from forceprune.integrations.transformers import ForcePruneCallback          # 1
+    pruning = ForcePruneCallback(force="etp", beta=1e-3, pivot="ranked")          # 2
+    trainer = Trainer(model=model, args=args, ..., callbacks=[pruning])           # 3 (callbacks=)
+    trainer.train()      # penalty in the loss, capture every step, removal at the end
+    print(pruning.report)                       # what was removed; trainer.save_model() saves it
+    model = load_pruned(saved_dir)              # rebuild the pruned model later
+
+How the penalty enters the loss
+-------------------------------
+The callback wraps the model's ``forward`` for the duration of ``train()`` so that, in training
+mode with gradients on, ``outputs.loss`` becomes ``task_loss + pruner.penalty()``. We chose
+this over a ``compute_loss`` override because it needs no change of the user's Trainer class
+(subclasses with their own ``training_step``/``compute_loss`` keep working, as long as they
+use ``outputs.loss``), and because the penalty then goes through exactly what the task loss
+goes through (gradient-accumulation scaling, AMP loss scaling, clipping): its weight
+relative to the task loss is ``beta`` whatever the Trainer does. The wrapper is
+``functools.wraps``-transparent (the Trainer's signature inspection sees the original forward)
+and is removed at ``on_train_end``; evaluation (``model.eval()``) never sees the penalty.
+
+With AdamW every element moves by about ``lr`` per step whatever the penalty's size, so a
+*pretrained* unit needs ``max|w| / lr`` steps to reach zero (thousands at fine-tuning learning
+rates). ``force_mode="prox"`` decouples the force from the optimizer instead (as AdamW
+decouples weight decay): after every optimizer step, each unit is shrunk by the proximal
+operator of its force term (:func:`forceprune.text.finetune.proximal_force_step`), which
+produces exact zeros within a fine-tuning budget; the loss is then left untouched.
+
+When the Trainer computes the loss itself from the logits (``label_smoothing_factor > 0`` or a
+``compute_loss_func``), ``outputs.loss`` does not exist: the callback then stops with an
+error at the first step, and :class:`ForcePruneLossMixin` (``class MyTrainer(ForcePruneLossMixin,
+Trainer)``) adds the penalty in ``compute_loss`` instead.
+
+Capture runs at ``on_step_end`` (once per optimizer step, after ``optimizer.step()``: captured
+units are re-zeroed with their Adam moments); removal at ``on_train_end``
+(``prune_at_end=True``), after any best-model reload. A pruned model's config records its
+kept heads and FFN widths per layer (``config.forceprune``); :func:`load_pruned` rebuilds it.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from transformers import TrainerCallback
+
+from ..attention import CONFIG_KEY, heads_per_layer, ffn_per_layer, shrink_to_state_dict
+from ..errors import ForcePruneError
+from ..pruner import ForcePruner
+
+__all__ = ["ForcePruneCallback", "ForcePruneLossMixin", "load_pruned", "example_inputs_from_loader"]
+
+_NON_INPUT_KEYS = {"labels", "label", "label_ids", "num_items_in_batch"}
+
+
+def _unwrap_optimizer(optimizer):
+    """accelerate's AcceleratedOptimizer -> the torch optimizer it wraps."""
+    return getattr(optimizer, "optimizer", optimizer) if optimizer is not None else None
+
+
+def example_inputs_from_loader(loader, model: nn.Module, max_length: int | None = None) -> dict:
+    """A one-sample batch of model inputs (no labels) built from ``loader``'s dataset and
+    collate function, without consuming the loader's random state."""
+    dataset = getattr(loader, "dataset", None)
+    collate = getattr(loader, "collate_fn", None)
+    if dataset is None or collate is None or not hasattr(dataset, "__getitem__"):
+        raise ForcePruneError(
+            "could not build example inputs from the training dataloader; pass example_inputs=dict(input_ids=..., "
+            "attention_mask=...) to ForcePruneCallback."
+        )
+    batch = collate([dataset[0]])
+    device = next(model.parameters()).device
+    out = {}
+    for k, v in dict(batch).items():
+        if k in _NON_INPUT_KEYS or not torch.is_tensor(v):
+            continue
+        if max_length is not None and v.dim() >= 2:
+            v = v[:, :max_length]
+        out[k] = v.to(device)
+    if not out:
+        raise ForcePruneError("the training batches hold no tensor inputs; pass example_inputs to ForcePruneCallback.")
+    return out
+
+
+class ForcePruneCallback(TrainerCallback):
+    """Train with a force penalty, capture exact zeros, remove them at the end of training.
+
+    Args:
+        force: force name or :class:`~forceprune.forces.Force` (as :class:`~forceprune.ForcePruner`).
+        example_inputs: model inputs (dict) for tracing and MACs; default: one training sample.
+        pruner: an existing :class:`~forceprune.ForcePruner` to use instead of building one.
+        force_mode: ``"loss"`` (penalty added to ``outputs.loss``) or ``"prox"`` (proximal force
+            step after each optimizer step, decoupled from AdamW; see the module doc).
+        prune_at_end: physically remove captured units at ``on_train_end``.
+        verbose: print the removal table at the end.
+        **pruner_options: passed to ``ForcePruner`` (``beta``, ``pivot``, ``capture``,
+            ``threshold``, ``capture_every``, ``ignored_layers``, ...).
+
+    After training: ``callback.pruner`` (the pruner), ``callback.report``
+    (:class:`~forceprune.PruneReport` or ``None``).
+    """
+
+    def __init__(self, force="etp", example_inputs=None, *, pruner: ForcePruner | None = None,
+                 force_mode: str = "loss", prune_at_end: bool = True, verbose: bool = True, **pruner_options) -> None:
+        if force_mode not in ("loss", "prox"):
+            raise ForcePruneError(f"force_mode must be 'loss' or 'prox', got {force_mode!r}.")
+        self.force_mode = force_mode
+        self.force = force
+        self.example_inputs = example_inputs
+        self.pruner = pruner
+        self.prune_at_end = prune_at_end
+        self.verbose = verbose
+        self.pruner_options = pruner_options
+        self.report = None
+        self.via_compute_loss = False  # set by ForcePruneLossMixin
+        self._model = None
+        self._had_forward = False
+        self._old_forward = None
+        self._added = 0
+        self._missed = 0
+        self.last_penalty: float | None = None
+
+    # -- the penalty ---------------------------------------------------------------------------
+    def add_penalty(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss + penalty`` (used by the forward wrapper and by :class:`ForcePruneLossMixin`)."""
+        pen = self.pruner.penalty()
+        self.last_penalty = float(pen.detach())
+        self._added += 1
+        return loss + pen.to(loss.dtype)
+
+    def _install(self, model: nn.Module) -> None:
+        self._model = model
+        self._had_forward = "forward" in model.__dict__
+        self._old_forward = model.__dict__.get("forward")
+        original = model.forward
+        cb = self
+
+        @functools.wraps(original)
+        def forward(*args, **kwargs):
+            out = original(*args, **kwargs)
+            if cb.via_compute_loss or cb.force_mode != "loss" or not (model.training and torch.is_grad_enabled()):
+                return out
+            loss = out.get("loss") if isinstance(out, dict) else None
+            if loss is None:
+                cb._missed += 1
+                return out
+            out["loss"] = cb.add_penalty(loss)
+            return out
+
+        model.forward = forward
+
+    def _uninstall(self) -> None:
+        if self._model is None:
+            return
+        if self._had_forward:
+            self._model.forward = self._old_forward
+        else:
+            self._model.__dict__.pop("forward", None)
+        self._model = None
+
+    # -- Trainer events ------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
+        if model is None:
+            raise ForcePruneError("ForcePruneCallback got no model from the Trainer.")
+        if self.pruner is None:
+            inputs = self.example_inputs
+            if inputs is None:
+                inputs = example_inputs_from_loader(train_dataloader, model)
+            self.pruner = ForcePruner(model, inputs, self.force, **self.pruner_options)
+        elif self.pruner.model is not model:
+            raise ForcePruneError("the ForcePruner given to ForcePruneCallback was built on another model than the Trainer's.")
+        if optimizer is not None:
+            self.pruner.attach_optimizer(_unwrap_optimizer(optimizer))
+        self._added = self._missed = 0
+        self._install(model)
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if self.pruner is None or self.force_mode != "prox" or optimizer is None:
+            return
+        from ..text.finetune import proximal_force_step
+
+        proximal_force_step(self.pruner, float(_unwrap_optimizer(optimizer).param_groups[0]["lr"]))
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        if self.pruner is None:
+            return
+        if self._added == 0 and self._missed > 0:
+            self._uninstall()
+            raise ForcePruneError(
+                "the model returned no loss during training, so the force penalty could not enter it: the Trainer "
+                "computes the loss itself (label_smoothing_factor > 0 or compute_loss_func). Use "
+                "`class MyTrainer(ForcePruneLossMixin, Trainer)` from forceprune.integrations.transformers."
+            )
+        if optimizer is not None and self.pruner.optimizer is None:
+            self.pruner.attach_optimizer(_unwrap_optimizer(optimizer))
+        self.pruner.step()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or self.pruner is None:
+            return
+        if self.force_mode == "prox":
+            with torch.no_grad():
+                self.last_penalty = float(self.pruner.penalty())
+        if self.last_penalty is None:
+            return
+        extra = {
+            "forceprune_penalty": self.last_penalty,
+            "forceprune_units_zero": int(sum(int(us.dead.sum()) for us in self.pruner.unit_sets)),
+        }
+        logs.update(extra)
+        # the Trainer appended a copy of ``logs`` to its history just before calling us
+        last = state.log_history[-1] if state.log_history else None
+        if last is not None and all(last.get(k) == v for k, v in logs.items() if k in last and k not in extra):
+            last.update(extra)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._uninstall()
+        if self.pruner is None or not self.prune_at_end:
+            return
+        self.pruner.capture()
+        self.report = self.pruner.prune()
+        if self.verbose:
+            print(self.report.table())
+        if getattr(args, "output_dir", None) and getattr(args, "should_save", True):
+            os.makedirs(args.output_dir, exist_ok=True)
+            with open(os.path.join(args.output_dir, "forceprune_report.json"), "w") as f:
+                json.dump(self.report.to_dict(), f, indent=1)
+
+
+class ForcePruneLossMixin:
+    """``class MyTrainer(ForcePruneLossMixin, Trainer)``: adds the penalty in ``compute_loss``,
+    for Trainers that compute the loss from the logits (label smoothing, ``compute_loss_func``).
+    Needs a :class:`ForcePruneCallback` among the Trainer's callbacks."""
+
+    def _forceprune_callback(self) -> ForcePruneCallback:
+        for cb in self.callback_handler.callbacks:
+            if isinstance(cb, ForcePruneCallback):
+                return cb
+        raise ForcePruneError("ForcePruneLossMixin needs a ForcePruneCallback in the Trainer's callbacks=[...].")
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        cb = self._forceprune_callback()
+        cb.via_compute_loss = True
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
+        if not (model.training and torch.is_grad_enabled()) or cb.pruner is None:
+            return result
+        if return_outputs:
+            loss, outputs = result
+            return cb.add_penalty(loss), outputs
+        return cb.add_penalty(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# save / reload
+# ---------------------------------------------------------------------------------------------
+def _read_state_dict(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    single = path / "model.safetensors"
+    index = path / "model.safetensors.index.json"
+    if single.is_file():
+        return load_file(str(single))
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        state = {}
+        for f in files:
+            state.update(load_file(str(path / f)))
+        return state
+    binary = path / "pytorch_model.bin"
+    if binary.is_file():
+        return torch.load(str(binary), map_location="cpu", weights_only=True)
+    raise ForcePruneError(f"{path} holds no model.safetensors(.index.json) or pytorch_model.bin; save it with save_pretrained().")
+
+
+def load_pruned(path, model_class=None, **config_overrides) -> nn.Module:
+    """Rebuild a pruned Hugging Face model saved with ``save_pretrained`` (or ``trainer.save_model``).
+
+    ``from_pretrained`` cannot: the config holds one head count and one FFN width for every
+    layer. This builds the model from its config (``model_class`` or ``config.architectures[0]``),
+    resizes each linear layer to the saved shapes, sets the head attributes from them (checked
+    against ``config.forceprune``), loads the weights strictly and returns it in eval mode.
+    """
+    import transformers
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ForcePruneError(f"{path} is not a saved model folder (no config.json); pass the folder given to save_pretrained().")
+    config = transformers.AutoConfig.from_pretrained(str(path), **config_overrides)
+    state = _read_state_dict(path)
+    if model_class is None:
+        arch = (getattr(config, "architectures", None) or [None])[0]
+        model_class = getattr(transformers, arch, None) if arch else None
+        if model_class is None:
+            raise ForcePruneError(f"the config of {path} names no known architecture ({arch!r}); pass model_class=.")
+    elif isinstance(model_class, type) and hasattr(model_class, "from_config") and not hasattr(model_class, "_from_config"):
+        model_class = model_class._model_mapping[type(config)]  # an Auto class
+    model = model_class._from_config(config) if hasattr(model_class, "_from_config") else model_class(config)
+    shrink_to_state_dict(model, state)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ForcePruneError(f"{path}: weights {unexpected[:5]} do not belong to {type(model).__name__}; pass model_class=.")
+    if missing:
+        model.tie_weights()
+        loaded = {t.data_ptr() for k, t in model.state_dict().items() if k not in missing}
+        still = [k for k in missing if model.state_dict()[k].data_ptr() not in loaded]
+        if still:
+            raise ForcePruneError(f"{path}: weights {still[:5]} are missing from the saved model.")
+    rec = getattr(config, CONFIG_KEY, None) or {}
+    _check_record(model, rec)
+    return model.eval()
+
+
+def _check_record(model: nn.Module, rec: dict) -> None:
+    prefix = getattr(model, "base_model_prefix", "") or ""
+
+    def rel(n: str) -> str:
+        return n[len(prefix) + 1 :] if prefix and n.startswith(prefix + ".") else n
+
+    heads = {rel(n): h for n, h in heads_per_layer(model).items()}
+    for name, kept in (rec.get("kept_heads") or {}).items():
+        if name in heads and heads[name] != len(kept):
+            raise ForcePruneError(f"{name}: the weights hold {heads[name]} heads but config.forceprune records {len(kept)}.")
+    ffn = {rel(n).rsplit(".intermediate.dense", 1)[0]: w for n, w in ffn_per_layer(model).items()}
+    for name, width in (rec.get("intermediate_size") or {}).items():
+        if name in ffn and ffn[name] != width:
+            raise ForcePruneError(f"{name}: the weights hold {ffn[name]} FFN neurons but config.forceprune records {width}.")

@@ -1,0 +1,221 @@
+"""Text classification: readers, batching, the fine-tune loop and run_sst2 end to end (tiny)."""
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from forceprune.data.errors import DatasetNotFoundError
+from forceprune.errors import ForcePruneError
+from forceprune.text import (
+    TextBatches, TextFormatError, collate, length_grouped_batches, make_config, read_labelled_tsv, read_sst2,
+    read_trec, resolve_model_path, run_sst2,
+)
+
+warnings.filterwarnings("ignore", message=".*No positional inputs.*")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one thread is ~20x faster than two on a busy 2-core machine (no OpenMP spinning)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+WORDS = "good bad great awful movie film plot fun dull the a is was and not very".split()
+
+
+def _write_sst2(root: Path, header="text\tlabel", n_train=48, n_dev=16):
+    g = torch.Generator().manual_seed(0)
+    (root / "sst2" / "glue").mkdir(parents=True)
+    (root / "sst2" / "senteval").mkdir(parents=True)
+
+    def rows(n):
+        out = []
+        for _ in range(n):
+            k = int(torch.randint(2, 9, (1,), generator=g))
+            words = [WORDS[int(i)] for i in torch.randint(0, len(WORDS), (k,), generator=g)]
+            label = int(("good" in words or "great" in words or "fun" in words) and "not" not in words)
+            out.append(f"{' '.join(words)} \t{label}")
+        return out
+
+    (root / "sst2/glue/train.tsv").write_text("\n".join([header] + rows(n_train)) + "\n")
+    (root / "sst2/glue/dev.tsv").write_text("\n".join([header] + rows(n_dev)) + "\n")
+    (root / "sst2/senteval/sentiment-test").write_text("\n".join(rows(n_dev)) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# readers
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("header", ["text\tlabel", "sentence\tlabel", "label\tsentence"])
+def test_sst2_reader_accepts_either_text_column_name(tmp_path, header):
+    _write_sst2(tmp_path, "text\tlabel")
+    if header != "text\tlabel":
+        lines = (tmp_path / "sst2/glue/dev.tsv").read_text().splitlines()[1:]
+        if header.startswith("label"):
+            lines = ["\t".join(reversed(line.split("\t"))) for line in lines]
+        (tmp_path / "sst2/glue/dev.tsv").write_text("\n".join([header] + lines) + "\n")
+    texts, labels = read_sst2("dev", tmp_path)
+    assert len(texts) == len(labels) == 16
+    assert set(labels) <= {0, 1} and all(t and not t.endswith(" ") for t in texts)
+    t2, y2 = read_sst2("test", tmp_path)  # header-less SentEval file
+    assert len(t2) == 16
+
+
+def test_dataset_file_with_wrong_columns_says_what_it_expects(tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("review\tstars\nnice film\t1\n")
+    with pytest.raises(TextFormatError, match=r"columns \['review', 'stars'\].*'sentence' or 'text'.*'label'"):
+        read_labelled_tsv(bad)
+    bad.write_text("sentence\tlabel\nnice film\tpositive\n")
+    with pytest.raises(TextFormatError, match="not an integer"):
+        read_labelled_tsv(bad)
+
+
+def test_missing_dataset_and_bad_split(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="FORCEPRUNE_DATA"):
+        read_sst2("train", tmp_path)
+    with pytest.raises(ForcePruneError, match="choose 'train', 'dev' or 'test'"):
+        read_sst2("validaton", tmp_path)
+
+
+def test_trec_reader(tmp_path):
+    (tmp_path / "trec").mkdir()
+    (tmp_path / "trec/train_5500.label").write_bytes(
+        b"DESC:manner How did serfdom develop ?\nHUM:ind Who was sister\xf0city ?\nNUM:date When ?\n"
+    )
+    (tmp_path / "trec/TREC_10.label").write_text("NUM:date When was it ?\nHUM:ind Who is he ?\n")
+    texts, labels, names = read_trec("train", tmp_path)
+    assert names == ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"] and labels == [1, 3, 5]
+    _, fine_labels, fine_names = read_trec("test", tmp_path, fine=True)
+    assert fine_names == ["DESC:manner", "HUM:ind", "NUM:date"] and fine_labels == [2, 1]
+
+
+def test_real_sst2_and_trec_counts(data_dir):
+    if not (Path(data_dir) / "sst2").is_dir():
+        pytest.skip(f"no sst2/ under {data_dir}")
+    assert [len(read_sst2(s, data_dir)[0]) for s in ("train", "dev", "test")] == [67349, 872, 1821]
+    assert sum(read_sst2("dev", data_dir)[1]) == 444
+    if (Path(data_dir) / "trec").is_dir():
+        assert [len(read_trec(s, data_dir)[0]) for s in ("train", "test")] == [5452, 500]
+
+
+# ------------------------------------------------------------------------------------------------
+# batching
+# ------------------------------------------------------------------------------------------------
+def test_length_grouped_batches_cover_everything_once_and_group_lengths():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 60, (1000,), generator=g).tolist()
+    batches = length_grouped_batches(lengths, 32, shuffle=True, seed=1, group_factor=8)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(1000))
+    assert batches == length_grouped_batches(lengths, 32, shuffle=True, seed=1, group_factor=8)
+    assert batches != length_grouped_batches(lengths, 32, shuffle=True, seed=2, group_factor=8)
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 10  # random batches would spread over ~50 tokens
+    evals = length_grouped_batches(lengths, 100, shuffle=False)
+    assert [lengths[i] for b in evals for i in b] == sorted(lengths)
+
+
+def test_collate_pads_and_masks():
+    batch = collate([[101, 7, 102], [101, 102]], [1, 0], pad_id=0)
+    assert batch["input_ids"].tolist() == [[101, 7, 102], [101, 102, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [1, 0]
+    data = TextBatches([[1, 2], [1, 2, 3, 4], [5]], [0, 1, 0], 2, shuffle=True)
+    assert sum(len(b["labels"]) for b in data) == 3 and len(data) == 2
+    with pytest.raises(ForcePruneError):
+        TextBatches([[1]], [0, 1], 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# models and end to end
+# ------------------------------------------------------------------------------------------------
+def _tiny_model_dir(tmp_path: Path) -> Path:
+    pytest.importorskip("transformers")
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"), do_lower_case=True)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=37, max_position_embeddings=64, num_labels=2)
+    out = tmp_path / "tiny_bert"
+    BertForSequenceClassification(cfg).save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+def test_missing_model_path_and_bad_config(tmp_path):
+    with pytest.raises(ForcePruneError, match="does not exist"):
+        resolve_model_path(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ForcePruneError, match="no config.json"):
+        resolve_model_path(tmp_path / "empty")
+    with pytest.raises(ForcePruneError, match=r"unknown key 'epoch' \(did you mean 'epochs'\?\)"):
+        make_config({"epoch": 2})
+    with pytest.raises(ForcePruneError, match="dataset must be 'sst2' or 'trec'"):
+        make_config({"dataset": "imdb"})
+
+
+def test_run_sst2_end_to_end_on_a_tiny_model(tmp_path):
+    _write_sst2(tmp_path)
+    model_dir = _tiny_model_dir(tmp_path)
+    cfg = {
+        "model": str(model_dir), "data_dir": str(tmp_path), "force": "etp", "lr": 2e-2, "epochs": 4,
+        "batch_size": 8, "warmup_ratio": 0.0, "finetune_epochs": 1, "macs_seq_len": 16, "latency_batch": 4,
+        "latency_repeats": 2, "force_options": {"beta": 0.05, "pivot": "ranked"}, "save_model": True, "log_every": 100,
+    }
+    report = run_sst2(cfg, tmp_path / "run", log=None)
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert saved["acc_dev"] == report["acc_dev"] and 0 <= report["acc_dev"] <= 1 and report["acc_test"] is not None
+    assert (report["train_samples"], report["dev_samples"], report["test_samples"]) == (48, 16, 16)
+    assert report["heads_before"] == [4, 4] and report["ffn_before"] == [37, 37]
+    assert report["encoder_macs_after"] <= report["encoder_macs_before"] and report["macs_after"] <= report["macs_before"]
+    assert report["train"]["steps"] == 24 and report["finetune"]["steps"] == 6
+    assert set(report["unit_kinds"].values()) == {"head", "neuron"}  # the pooler is not pruned by default
+    assert sum(report["heads_after"]) + sum(report["ffn_after"]) < 2 * 4 + 2 * 37
+    assert report["removal"]["max_output_error"] < 1e-5
+    from forceprune.integrations.transformers import load_pruned
+
+    reloaded = load_pruned(report["model_dir"])
+    from forceprune.attention import heads_per_layer
+
+    assert list(heads_per_layer(reloaded).values()) == report["heads_after"]
+
+
+def test_dense_run(tmp_path):
+    _write_sst2(tmp_path)
+    model_dir = _tiny_model_dir(tmp_path)
+    report = run_sst2({"model": str(model_dir), "data_dir": str(tmp_path), "force": "none", "epochs": 1,
+                       "batch_size": 16, "macs_seq_len": 16, "latency_batch": 2, "latency_repeats": 1,
+                       "eval_test": False}, tmp_path / "dense", log=None)
+    assert report["macs_after"] == report["macs_before"] and report["acc_test"] is None
+    assert "removal" not in report
+
+
+def test_proximal_force_step_is_group_soft_thresholding():
+    pytest.importorskip("transformers")
+    from transformers import BertConfig, BertForSequenceClassification
+
+    import forceprune as fp
+    from forceprune.text.finetune import proximal_force_step
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
+                     max_position_embeddings=32)
+    model = BertForSequenceClassification(cfg).eval()
+    pruner = fp.ForcePruner(model, {"input_ids": torch.randint(0, 50, (1, 6))}, "etp", beta=1.0, pivot="ranked")
+    us = next(u for u in pruner.unit_sets if u.kind == "head")
+    before = us.unit_sums("all", 2).sqrt().detach()
+    phi = pruner.force.profile(us.size, before)
+    lr = 0.5 * float((before / (phi * us.numel("all").sqrt())).median())  # kills some heads, shrinks the others
+    proximal_force_step(pruner, lr)
+    after = us.unit_sums("all", 2).sqrt().detach()
+    expected = (before - lr * phi * us.numel("all").sqrt()).clamp_min(0)
+    assert torch.allclose(after, expected, atol=1e-5)
+    assert 0 < int((after == 0).sum()) < us.size  # exact zeros, ready for capture
+    assert pruner.capture() >= int((after == 0).sum())
