@@ -62,14 +62,9 @@ def test_report_of_missing_run_dir(tmp_path, capsys):
     assert "report.json does not exist" in capsys.readouterr().err
 
 
-def test_bench_without_module(capsys):
-    try:
-        import forceprune.bench  # noqa: F401
-        pytest.skip("forceprune.bench is installed")
-    except ImportError:
-        pass
+def test_bench_unknown_suite(capsys):
     assert main(["bench", "lenet5_mnist"]) == 2
-    assert "not available" in capsys.readouterr().err
+    assert "unknown benchmark suite 'lenet5_mnist'; available: quick" in capsys.readouterr().err
 
 
 def test_output_dir_protection(tmp_path):
@@ -113,7 +108,12 @@ def test_run_writes_report_pictures_and_model(mnist_run):
     assert report["epochs"] == 2 and report["config"]["train_subset"] == 600
     assert set(report["latency_ms_before"]) == {"1", "8"} == set(report["latency_ms_after"])
     assert [r["phase"] for r in report["history"]] == ["dense", "force", "force"]
-    assert 0 <= report["acc_final"] <= 100 and report["acc_after_removal"] == pytest.approx(report["acc_before_removal"])
+    assert 0 <= report["acc_final"] <= 100
+    if not any("budget" in w for w in report["removal_warnings"]):  # met by captured zeros: lossless
+        assert report["acc_after_removal"] == pytest.approx(report["acc_before_removal"])
+        assert report["max_output_error"] < 1e-5
+    else:  # 12 steps cannot meet a 10x budget by capture: the weakest units went too, and it says so
+        assert report["macs_after"] <= 0.1 * 1.03 * report["macs_before"]
     assert report["macs_after"] <= report["macs_before"] and report["layers"]
     assert "NOT used for model selection" in report["acc_best_note"]
     files = ["report.html", "pruned/model.safetensors", "pruned/plan.json", "config.json", "checkpoints/force.pt"]
