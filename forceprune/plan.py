@@ -58,6 +58,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from .checkpoint import fsync_directory
 from .errors import ForcePruneError
 from .removal import RemovalPlan, apply_removal
 from .units import build_unit_sets
@@ -641,19 +642,6 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _save_error(exc: OSError, path: Path) -> SaveError:
     hint = {
         errno.ENOSPC: "no space left on the device: free some space or save elsewhere",
@@ -707,7 +695,7 @@ def save_pruned(model: nn.Module, plan: dict, path: str | os.PathLike, overwrite
         os.mkdir(tmp)
         _write_file(tmp / WEIGHTS_FILE, data)
         _write_file(tmp / PLAN_FILE, text.encode("utf-8"))
-        _fsync_dir(tmp)
+        fsync_directory(tmp)
         if path.exists():
             os.replace(path, backup)
             try:
@@ -717,7 +705,7 @@ def save_pruned(model: nn.Module, plan: dict, path: str | os.PathLike, overwrite
                 raise
         else:
             os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_directory(path.parent)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _save_error(exc, path) from exc

@@ -16,15 +16,6 @@ from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 warnings.filterwarnings("ignore", message=".*No positional inputs.*")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is ~20x faster than two on a busy 2-core machine (no OpenMP spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------------
 # models
 # ------------------------------------------------------------------------------------------------

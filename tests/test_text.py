@@ -15,15 +15,6 @@ from forceprune.text import (
 
 warnings.filterwarnings("ignore", message=".*No positional inputs.*")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is ~20x faster than two on a busy 2-core machine (no OpenMP spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 WORDS = "good bad great awful movie film plot fun dull the a is was and not very".split()
 
 

@@ -18,15 +18,6 @@ from forceprune.integrations.transformers import ForcePruneCallback, ForcePruneL
 warnings.filterwarnings("ignore", message=".*No positional inputs.*")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is ~20x faster than two on a busy 2-core machine (no OpenMP spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_bert(seed=0):
     torch.manual_seed(seed)
     cfg = BertConfig(
