@@ -429,6 +429,9 @@ class ForcePruner:
         the model itself is untouched. Used for previews and latency fitting."""
         inputs = _to_device(self.example_inputs, self._device())
         clone = copy.deepcopy(self.model)
+        # an instance-level forward wrapper (e.g. the HF callback's penalty hook) is bound to the
+        # original model: the copy must run its own class forward
+        clone.__dict__.pop("forward", None)
         was = clone.training
         clone.eval()
         graph = tp.DependencyGraph().build_dependency(clone, example_inputs=inputs, verbose=False)

@@ -69,6 +69,17 @@ def test_trainer_callback_adds_penalty_captures_and_removes(tmp_path):
     assert sum(A.heads_per_layer(model).values()) + sum(A.ffn_per_layer(model).values()) < 2 * 4 + 2 * 37
 
 
+def test_trainer_callback_takes_a_macs_budget_over_the_trainers_steps(tmp_path):
+    model = tiny_bert()
+    cb = ForcePruneCallback(force="etp", beta=0.05, pivot="ranked", target_macs=0.6, budget={"every": 2}, verbose=False)
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=8, learning_rate=2e-2, lr_scheduler_type="constant"),
+                      train_dataset=TinyText(), callbacks=[cb])
+    trainer.train()
+    assert cb.pruner.controller is not None and cb.pruner.controller.budget.total_steps == 8
+    assert cb.pruner.controller.updates >= 3
+    assert cb.report.macs_after <= 0.6 * 1.03 * cb.report.macs_before, "the budget holds after removal"
+
+
 def test_penalty_enters_the_loss_the_trainer_backpropagates(tmp_path):
     """The gradient the Trainer hands to the optimizer is the task gradient plus the penalty's."""
     def no_dropout_bert():

@@ -169,7 +169,11 @@ class ForcePruneCallback(TrainerCallback):
             inputs = self.example_inputs
             if inputs is None:
                 inputs = example_inputs_from_loader(train_dataloader, model)
-            self.pruner = ForcePruner(model, inputs, self.force, **self.pruner_options)
+            options = dict(self.pruner_options)
+            targets = ("target_macs", "target_params", "target_latency_ms")
+            if any(options.get(t) is not None for t in targets) and "total_steps" not in options:
+                options["total_steps"] = int(state.max_steps)  # the budget is met over the Trainer's steps
+            self.pruner = ForcePruner(model, inputs, self.force, **options)
         elif self.pruner.model is not model:
             raise ForcePruneError("the ForcePruner given to ForcePruneCallback was built on another model than the Trainer's.")
         if optimizer is not None:
