@@ -210,3 +210,24 @@ def test_proximal_force_step_is_group_soft_thresholding():
     assert torch.allclose(after, expected, atol=1e-5)
     assert 0 < int((after == 0).sum()) < us.size  # exact zeros, ready for capture
     assert pruner.capture() >= int((after == 0).sum())
+
+
+def test_cli_run_dispatches_text_configs(tmp_path):
+    """`forceprune run` on a text_classification config goes through forceprune.text."""
+    from forceprune.cli import main
+
+    _write_sst2(tmp_path)
+    model_dir = _tiny_model_dir(tmp_path)
+    config = tmp_path / "tiny_sst2.toml"
+    config.write_text(
+        'task = "text_classification"\n'
+        f'model = "{model_dir}"\ndataset = "sst2"\nforce = "etp"\nepochs = 1.0\nbatch_size = 16\n'
+        'macs_seq_len = 16\nlatency_batch = 2\nlatency_repeats = 1\n'
+        '[force_options]\nbeta = 0.05\npivot = "ranked"\n'
+    )
+    out = tmp_path / "run"
+    args = ["run", str(config), "--data-dir", str(tmp_path), "--output-dir", str(out), "--set", "finetune_epochs=0.0"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["heads_before"] == [4, 4] and report["config"]["finetune_epochs"] == 0.0
+    assert main(args) == 2, "a second run into the same directory is refused"
