@@ -46,7 +46,9 @@ class Budget:
         gain: how strongly the scale reacts to the gap (per update, in log units).
         min_width: floor on every unit set's kept width.
         round_to: kept widths are rounded up to a multiple of this (hardware alignment).
-        tolerance: relative slack on the target (0.03 = within 3 %).
+        tolerance: relative slack at removal (0.03): if training ended within 3 % above the
+            target, removal does not cut non-zero units to close the gap. The controller itself
+            aims at or below the target.
     """
 
     target: float
@@ -118,7 +120,7 @@ class BudgetController:
         self.last_fraction = fraction
         self.updates += 1
         target = self.budget.target
-        if fraction <= target * (1 + self.budget.tolerance):
+        if fraction <= target:  # a budget is a ceiling: the controller stops at or below it
             self.reached = True
         if self.reached:
             self.scale = 0.0

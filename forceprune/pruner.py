@@ -350,10 +350,8 @@ class ForcePruner:
                 lo = mid
             else:
                 hi = mid - 1
-        if lo < len(order):  # the next unit crosses the target: take whichever lands closer
-            above = self.kept_fraction(self._preview(merged(first(lo))))
-            below = self.kept_fraction(self._preview(merged(first(lo + 1))))
-            if budget.target - below < above - budget.target:
+        if lo < len(order):  # the next unit crosses the target: take it (a budget is a ceiling)
+            if self.kept_fraction(self._preview(merged(first(lo)))) > budget.target:
                 lo += 1
             self.controller.reached = True
             self.controller.scale = 0.0
