@@ -194,15 +194,21 @@ def test_make_loaders_real_mnist_deterministic():
 
 # ---------------------------------------------------------------- checksums and errors
 
+def _mirror_with_copy(src, dst, pattern, copied):
+    """Link ``src``'s files matching ``pattern`` into ``dst``; ``copied`` is a real copy (to corrupt)."""
+    dst.mkdir()
+    for f in src.glob(pattern):
+        (dst / f.name).symlink_to(f)
+    bad = dst / copied
+    bad.unlink()
+    shutil.copyfile(src / copied, bad)
+    return bad
+
+
 def test_corrupt_mnist_file_raises(tmp_path):
     src = real_dir("mnist")
-    dst = tmp_path / "mnist"
-    dst.mkdir()
-    for f in src.glob("*.gz"):
-        (dst / f.name).symlink_to(f)
-    bad = dst / "t10k-labels-idx1-ubyte.gz"
-    bad.unlink()
-    data = bytearray((src / bad.name).read_bytes())
+    bad = _mirror_with_copy(src, tmp_path / "mnist", "*.gz", "t10k-labels-idx1-ubyte.gz")
+    data = bytearray(bad.read_bytes())
     data[len(data) // 2] ^= 0xFF
     bad.write_bytes(bytes(data))
     with pytest.raises(ChecksumError) as e:
@@ -214,14 +220,7 @@ def test_corrupt_mnist_file_raises(tmp_path):
 
 
 def test_corrupt_cifar_npz_raises(tmp_path):
-    src = real_dir("cifar10")
-    dst = tmp_path / "cifar10"
-    dst.mkdir()
-    for f in src.glob("*.npz"):
-        (dst / f.name).symlink_to(f)
-    bad = dst / "test.npz"
-    bad.unlink()
-    shutil.copyfile(src / "test.npz", bad)
+    bad = _mirror_with_copy(real_dir("cifar10"), tmp_path / "cifar10", "*.npz", "test.npz")
     with open(bad, "r+b") as f:
         f.seek(1000)
         byte = f.read(1)

@@ -13,16 +13,22 @@ def _zero_tails(pruner, include, fraction=0.5):
         us.zero_(mask, include)
 
 
-@pytest.mark.parametrize("name", list(zoo.ZOO))
-def test_removing_zero_units_keeps_outputs_to_1e5(name):
-    model, x = zoo.build(name)
-    pruner = fp.ForcePruner(model, x[:1])
-    _zero_tails(pruner, "all")
+def _prune_and_compare(model, x, pruner):
+    """``(outputs before, outputs after, report)`` of removal on the same inputs."""
     with torch.no_grad():
         before = model(x)
     report = pruner.prune(calibration_inputs=x)
     with torch.no_grad():
         after = model(x)
+    return before, after, report
+
+
+@pytest.mark.parametrize("name", list(zoo.ZOO))
+def test_removing_zero_units_keeps_outputs_to_1e5(name):
+    model, x = zoo.build(name)
+    pruner = fp.ForcePruner(model, x[:1])
+    _zero_tails(pruner, "all")
+    before, after, report = _prune_and_compare(model, x, pruner)
     assert report.macs_after < report.macs_before
     assert report.params_after < report.params_before
     assert all(r["width_after"] < r["width_before"] for r in report.layers)
@@ -39,11 +45,7 @@ def test_zero_producer_weights_with_live_bn_and_bias_are_folded(name):
     model, x = zoo.build(name)
     pruner = fp.ForcePruner(model, x[:1], force="etp-official")
     _zero_tails(pruner, "weights")
-    with torch.no_grad():
-        before = model(x)
-    report = pruner.prune(calibration_inputs=x)
-    with torch.no_grad():
-        after = model(x)
+    before, after, report = _prune_and_compare(model, x, pruner)
     rel = ((after - before).abs().max() / before.abs().max()).item()
     assert report.macs_after < report.macs_before
     if report.warnings:  # folded into a zero-padded conv: approximate at the border, and said so
