@@ -28,6 +28,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .errors import ForcePruneError
+
 FORCE_METHODS = {
     "etp": ("etp", {"beta": 1e-2, "norm": "l2"}),
     "etp_official": ("etp-official", {}),
@@ -57,6 +59,7 @@ class Suite:
     train_subset: int = 0
     test_subset: int = 0
     latency_batches: tuple[int, ...] = (1, 64)
+    betas: tuple[float, ...] = ()  # also run each force method at these fixed betas, no target (a hand-tuning sweep)
     note: str = ""
 
 
@@ -68,21 +71,31 @@ SUITES: dict[str, Suite] = {
                       note="LeNet-5 / MNIST, the 20-epoch budget of our headline target"),
     "fmnist": Suite("fmnist", "lenet5", "fashion_mnist", epochs=4, levels=(0.3, 0.15, 0.08), seeds=(0,),
                     note="LeNet-5 / Fashion-MNIST, 4 epochs per point"),
-    "cifar": Suite("cifar", "resnet20", "cifar10", epochs=10, levels=(0.5, 0.3), seeds=(0,),
-                   methods=("dense", "tp_group_norm", "torque", "etp"), finetune_epochs=2, lr=0.1,
-                   note="ResNet-20 / CIFAR-10 (JPEG-derived copy: compare side by side only), 10 epochs per point on CPU"),
+    "cifar": Suite("cifar", "resnet20", "cifar10", epochs=6, levels=(0.5, 0.3, 0.2), seeds=(0,),
+                   methods=tuple(m for m in ALL_METHODS if m != "etp_official"), finetune_epochs=1, lr=0.1,
+                   train_subset=10000,
+                   note="ResNet-20 / CIFAR-10 (JPEG-derived copy: compare side by side only); reduced CPU budget: "
+                        "10,000 training images, 6 epochs per point, full 10,000-image test set"),
+    "beta_sweep": Suite("beta_sweep", "lenet5", "mnist", epochs=4, levels=(0.2, 0.1, 0.05), seeds=(0,), methods=("etp",),
+                        betas=(5e-3, 1e-2, 2e-2, 4e-2, 8e-2),
+                        note="LeNet-5 / MNIST, 4 epochs: ETP through the budget controller vs ETP at hand-picked fixed betas"),
     "smoke": Suite("smoke", "lenet5", "mnist", epochs=1, levels=(0.5,), seeds=(0,), methods=("tp_group_norm", "etp"),
-                   finetune_epochs=0, train_subset=1024, test_subset=512, latency_batches=(1,),
+                   finetune_epochs=0, train_subset=1024, test_subset=512, latency_batches=(1,), betas=(0.5,),
                    note="harness self-test: 1 epoch on 1k images"),
 }
 
 
 def main(suite: str, data_dir: str | None = None, output_dir: str | None = None, **overrides) -> dict:
-    """Run ``suite`` (a name from :data:`SUITES`) and write its JSON, markdown and plot."""
-    if suite not in SUITES:
-        from .errors import ForcePruneError
+    """Run ``suite`` (a name from :data:`SUITES`, or ``"sst2"``: :mod:`forceprune.text.bench`)
+    and write its JSON, markdown and plot."""
+    if suite == "sst2":
+        from .text.bench import run_suite
 
-        raise ForcePruneError(f"unknown benchmark suite {suite!r}; available: {', '.join(SUITES)}.")
+        if "seeds" in overrides:
+            raise ForcePruneError("the sst2 suite runs seed 0 only (about 45 min per seed on 2 CPU cores); drop --seeds.")
+        return run_suite(data_dir=data_dir, output_dir=output_dir, **overrides)
+    if suite not in SUITES:
+        raise ForcePruneError(f"unknown benchmark suite {suite!r}; available: {', '.join(SUITES)}, sst2.")
     spec = replace(SUITES[suite], **overrides) if overrides else SUITES[suite]
     out = Path(output_dir or "benchmarks/results")
     out.mkdir(parents=True, exist_ok=True)
@@ -90,9 +103,11 @@ def main(suite: str, data_dir: str | None = None, output_dir: str | None = None,
     points = []
     for seed in spec.seeds:
         for method in spec.methods:
-            levels = (1.0,) if method == "dense" else spec.levels
-            for level in levels:
-                point = run_point(spec, method, level, seed, data_dir)
+            runs = [(1.0, None)] if method == "dense" else [(level, None) for level in spec.levels]
+            if method in FORCE_METHODS:
+                runs += [(None, beta) for beta in spec.betas]
+            for level, beta in runs:
+                point = run_point(spec, method, level, seed, data_dir, beta=beta)
                 points.append(point)
                 print(_point_line(point), flush=True)
     result = {
@@ -109,12 +124,14 @@ def main(suite: str, data_dir: str | None = None, output_dir: str | None = None,
 # -- one point ------------------------------------------------------------------------------------
 
 
-def _config(spec: Suite, method: str, level: float, seed: int, data_dir: str | None):
+def _config(spec: Suite, method: str, level: float | None, seed: int, data_dir: str | None, beta: float | None = None):
     from .config import RunConfig
 
     force, options = FORCE_METHODS.get(method, ("etp", {}))
-    if method == "electrostatic":  # positional charges: the repelled side must be large enough
+    if method == "electrostatic" and level is not None:  # positional charges: the repelled side must be large enough
         options = {**options, "keep_ratio": round(max(0.05, 0.8 * math.sqrt(level)), 3)}
+    if beta is not None:
+        options = {**options, "beta": beta}
     is_force = method in FORCE_METHODS
     return RunConfig(
         model=spec.model, dataset=spec.dataset, force=force, force_options=options, data_dir=data_dir,
@@ -125,14 +142,16 @@ def _config(spec: Suite, method: str, level: float, seed: int, data_dir: str | N
     )
 
 
-def run_point(spec: Suite, method: str, level: float, seed: int, data_dir: str | None) -> dict:
-    """Train and prune one (method, MACs level, seed) under the suite's budget."""
+def run_point(spec: Suite, method: str, level: float | None, seed: int, data_dir: str | None,
+              beta: float | None = None) -> dict:
+    """Train and prune one (method, MACs level, seed) under the suite's budget; with ``beta``
+    (and ``level=None``) a force method runs at that fixed strength with no target."""
     from .baselines import TorchPruningMethod
     from .models import output_layers
     from .runner import build_model, build_pruner, open_session
     from .train import Phase, Trainer, evaluate
 
-    config = _config(spec, method, level, seed, data_dir)
+    config = _config(spec, method, level, seed, data_dir, beta)
     session = open_session(config, Path(config.output_dir), progress=False)
     model, channels_last = build_model(session)
     device, x1 = session.device, session.example_input.to(session.device)
@@ -146,7 +165,7 @@ def run_point(spec: Suite, method: str, level: float, seed: int, data_dir: str |
     def acc() -> float:
         return evaluate(model, session.test_loader, device, channels_last)
 
-    point: dict[str, Any] = {"method": method, "level": level, "seed": seed}
+    point: dict[str, Any] = {"method": method, "level": level, "beta": beta, "seed": seed}
     overhead = None
     if method == "dense":
         fit("dense", spec.epochs, None)
@@ -183,7 +202,7 @@ def run_point(spec: Suite, method: str, level: float, seed: int, data_dir: str |
                      params_before=removal["params_before"], params_after=removal["params_after"],
                      max_output_error=removal["max_output_error"])
         point["macs_reduction"] = removal["macs_before"] / max(removal["macs_after"], 1)
-        point["macs_reached_vs_target"] = removal["macs_after"] / removal["macs_before"] / level
+        point["macs_reached_vs_target"] = removal["macs_after"] / removal["macs_before"] / level if level else None
     else:
         from .metrics import count_macs_params
 
@@ -287,12 +306,12 @@ def summarise(points: list[dict]) -> list[dict]:
     """Mean and standard deviation over seeds, per (method, level)."""
     groups: dict[tuple, list[dict]] = {}
     for p in points:
-        groups.setdefault((p["method"], p["level"]), []).append(p)
+        groups.setdefault((p["method"], p["level"], p.get("beta")), []).append(p)
     dense_acc = [p["acc_final"] for p in points if p["method"] == "dense"]
     dense_mean = statistics.mean(dense_acc) if dense_acc else None
     rows = []
-    for (method, level), ps in groups.items():
-        row = {"method": method, "level": level, "seeds": len(ps)}
+    for (method, level, beta), ps in groups.items():
+        row = {"method": method, "level": level, "beta": beta, "seeds": len(ps)}
         for key in ("acc_before_removal", "acc_after_removal", "acc_final", "macs_reduction",
                     "macs_reached_vs_target", "step_overhead"):
             vals = [p[key] for p in ps if p.get(key) is not None]
@@ -327,7 +346,10 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["summary"]:
-        target = "dense" if r["method"] == "dense" else f"{r['level']:.3g} ({1 / r['level']:.0f}×)"
+        if r.get("beta") is not None:
+            target = f"none (fixed β={r['beta']:g})"
+        else:
+            target = "dense" if r["method"] == "dense" else f"{r['level']:.3g} ({1 / r['level']:.0f}×)"
         lines.append(
             f"| {r['method']} | {target} | {_fmt(r['macs_reduction'], '{:.1f}×')} | {_fmt(r['macs_reached_vs_target'])} "
             f"| {_fmt(r['acc_before_removal'])} | {_fmt(r['acc_after_removal'])} "
@@ -342,31 +364,29 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, path: Path) -> None:
     """Pareto plot: final accuracy against MACs reduction (log scale), one line per method."""
-    import matplotlib
+    from .visual.plots import curve_axes
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     rows = result["summary"]
-    for method in dict.fromkeys(r["method"] for r in rows):
-        pts = sorted((r["macs_reduction"], r["acc_final"], r["acc_final_std"] or 0) for r in rows if r["method"] == method)
-        xs, ys, es = zip(*pts)
-        style = {"marker": "*", "markersize": 12, "linestyle": "none"} if method == "dense" else {"marker": "o"}
-        ax.errorbar(xs, ys, yerr=es, label=method, capsize=3, **style)
-    ax.set_xscale("log")
-    ax.set_xlabel("MACs reduction (dense MACs / pruned MACs, log scale)")
-    ax.set_ylabel("final test accuracy (%)")
-    ax.set_title(f"{result['suite']['name']}: {result['suite']['model']} / {result['suite']['dataset']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+    def series(r):
+        return r["method"] + (" (fixed β)" if r.get("beta") is not None else "")
+
+    suite = result["suite"]
+    with curve_axes(path, title=f"{suite['name']}: {suite['model']} / {suite['dataset']}", logx=True,
+                    xlabel="MACs reduction (dense MACs / pruned MACs, log scale)", ylabel="final test accuracy (%)") as ax:
+        for name in dict.fromkeys(series(r) for r in rows):
+            pts = sorted((r["macs_reduction"], r["acc_final"], r["acc_final_std"] or 0) for r in rows if series(r) == name)
+            xs, ys, es = zip(*pts)
+            if name == "dense":
+                style = {"marker": "*", "markersize": 12, "linestyle": "none"}
+            else:
+                style = {"marker": "x", "linestyle": "--"} if name.endswith("(fixed β)") else {"marker": "o"}
+            ax.errorbar(xs, ys, yerr=es, label=name, capsize=3, **style)
 
 
 def _point_line(p: dict) -> str:
-    return (f"{p['method']:>14} level {p['level']:<5} seed {p['seed']}: final {p['acc_final']:.2f}%  "
+    at = f"beta {p['beta']:<6g}" if p.get("beta") is not None else f"level {p['level']:<5}"
+    return (f"{p['method']:>14} {at} seed {p['seed']}: final {p['acc_final']:.2f}%  "
             f"MACs {p['macs_reduction']:.1f}x  ({p['train_s']:.0f}s)")
 
 

@@ -83,9 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = command("bench", "Run a benchmark suite (forceprune.bench).",
                     "example:\n  forceprune bench quick --output-dir benchmarks/results")
-    bench.add_argument("suite", metavar="SUITE", help="benchmark suite: quick, headline, fmnist, cifar or smoke (see forceprune.bench.SUITES)")
+    bench.add_argument("suite", metavar="SUITE", help="benchmark suite: quick, headline, fmnist, cifar, sst2 or smoke "
+                                                      "(see forceprune.bench.SUITES)")
     _add_data_dir(bench)
     bench.add_argument("--output-dir", metavar="DIR", help="where the suite writes <suite>.json, .md and .png (default benchmarks/results)")
+    bench.add_argument("--seeds", metavar="LIST", help="comma-separated seeds replacing the suite's, e.g. 0,1,2 (vision suites)")
     return parser
 
 
@@ -251,8 +253,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from .errors import ForcePruneError
 
+    overrides = {}
+    if args.seeds:
+        try:
+            overrides["seeds"] = tuple(int(v) for v in args.seeds.split(",") if v.strip())
+        except ValueError:
+            print(f"forceprune bench: error: --seeds takes integers separated by commas, got {args.seeds!r}", file=sys.stderr)
+            return EXIT_USAGE
     try:
-        bench_main(args.suite, data_dir=args.data_dir, output_dir=args.output_dir)
+        bench_main(args.suite, data_dir=args.data_dir, output_dir=args.output_dir, **overrides)
     except ForcePruneError as exc:
         print(f"forceprune bench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -151,7 +151,10 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         return
     if head not in ("force_options", "budget"):
         raise ConfigError(f"override {item!r}: only force_options and budget have sub-keys; use {head}=value")
-    options = dict(data.get(head, {}))
+    current = data.get(head, {})
+    if not isinstance(current, dict):
+        raise ConfigError(f"override {item!r}: {head} is {current!r}, not a table; set {head} as a table or drop that override")
+    options = dict(current)
     options[tail] = value
     data[head] = options
 

@@ -300,6 +300,21 @@ class ForcePruner:
             )
         return total * scale if scale != 1.0 else total
 
+    def proximal_step(self, lr: float | None = None) -> None:
+        """The force as a proximal step instead of a loss term: call right after
+        ``optimizer.step()`` (and before :meth:`step`); do not add :meth:`penalty` to the loss
+        then. Shrinks every unit by the proximal operator of its force term for step size
+        ``lr`` (default: the attached optimizer's first learning rate), scaled by the budget
+        controller. Use it to prune pretrained models under Adam, where a loss-term force
+        moves each weight by only ~``lr`` per step (:mod:`forceprune.proximal`)."""
+        from .proximal import proximal_force_step
+
+        if lr is None:
+            if self.optimizer is None:
+                raise ForcePruneError("proximal_step() needs lr= or an optimizer: call pruner.attach_optimizer(optimizer) first.")
+            lr = float(self.optimizer.param_groups[0]["lr"])
+        proximal_force_step(self, float(lr))
+
     def step(self) -> None:
         """Call after every ``optimizer.step()``: re-zero captured units; capture new ones
         every ``capture_every`` calls."""
@@ -330,7 +345,9 @@ class ForcePruner:
         """Capture no more than the budget needs: if taking every candidate would undershoot
         the target, take the weakest ones (lowest force-weighted score) up to the target."""
         budget = self.controller.budget
-        base = [removable_units(us)[0] for us in self.unit_sets]
+        # removable already, candidates aside (a proximal step may have zeroed many units at once:
+        # they compete as candidates, they are not counted as removed)
+        base = [removable_units(us)[0] & ~f for us, f in zip(self.unit_sets, found)]
         merged = lambda masks: [b | m for b, m in zip(base, masks)]
         if self.kept_fraction(self._preview(merged(found))) >= budget.target:
             return found

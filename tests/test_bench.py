@@ -12,15 +12,17 @@ def test_smoke_suite_writes_json_markdown_and_plot(data_dir, tmp_path):
     assert methods == {"etp", "tp_group_norm"}
     for p in result["points"]:
         assert 0 <= p["acc_final"] <= 100
-        assert p["macs_after"] < p["macs_before"]
+        assert p["macs_after"] < p["macs_before"] or p["beta"] is not None
         assert p["latency"]["eager_b1"]["dense_ms"] > 0
-    etp = next(p for p in result["points"] if p["method"] == "etp")
+    etp = next(p for p in result["points"] if p["method"] == "etp" and p["beta"] is None)
+    fixed = next(p for p in result["points"] if p["method"] == "etp" and p["beta"] == 0.5)
+    assert fixed["level"] is None and fixed["macs_reached_vs_target"] is None, "a fixed-beta point has no target"
     assert etp["max_output_error"] is not None, "force methods measure the removal error"
     assert etp["step_overhead"] is not None and etp["macs_reached_vs_target"] > 0
     saved = json.loads((tmp_path / "smoke.json").read_text())
     assert saved["summary"] and (tmp_path / "smoke.png").stat().st_size > 1000
     table = (tmp_path / "smoke.md").read_text()
-    assert "| etp |" in table and "| tp_group_norm |" in table
+    assert "| etp |" in table and "| tp_group_norm |" in table and "fixed β=0.5" in table
 
 
 def test_unknown_suite_names_the_available_ones():

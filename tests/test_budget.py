@@ -46,6 +46,42 @@ def test_controller_reaches_the_requested_macs_fraction_and_holds_it():
     assert report.max_output_error < 1e-5, "the budget was met by captured zeros: removal is lossless"
 
 
+def test_proximal_mode_under_adam_reaches_the_budget_losslessly():
+    """The decoupled (proximal) force, scaled by the controller, meets a MACs budget under Adam."""
+    torch.manual_seed(0)
+    model = WideMLP()
+    x, y = torch.randn(128, 16), torch.randint(0, 4, (128,))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    pruner = fp.ForcePruner(model, x[:1], "etp", beta=1e-2, norm="l2", optimizer=opt, target_macs=0.4,
+                            total_steps=200, budget={"every": 5})
+    for _ in range(200):
+        loss = F.cross_entropy(model(x), y)  # no penalty in the loss: the force is the proximal step
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        pruner.proximal_step()
+        pruner.step()
+    assert pruner.controller.reached and pruner.controller.scale == 0.0
+    report = pruner.prune()
+    assert report.macs_after / report.macs_before == pytest.approx(0.4, rel=0.03)
+    assert report.max_output_error < 1e-5
+
+
+def test_proximal_step_follows_the_controller_scale_and_needs_a_step_size():
+    torch.manual_seed(0)
+    model = WideMLP()
+    pruner = fp.ForcePruner(model, torch.randn(1, 16), "etp", beta=1.0, norm="l2", target_macs=0.5, total_steps=10)
+    w = model.fc1.weight.detach().clone()
+    pruner.controller.scale = 0.0
+    pruner.proximal_step(1e-2)
+    assert torch.equal(model.fc1.weight, w), "a met budget switches the force off"
+    pruner.controller.scale = 1.0
+    pruner.proximal_step(1e-2)
+    assert model.fc1.weight.norm() < w.norm()
+    with pytest.raises(fp.ForcePruneError, match="attach_optimizer"):
+        pruner.proximal_step()
+
+
 def test_floors_and_rounding_are_respected():
     model, pruner = _train(0.3, min_width=8, round_to=8)
     report = pruner.prune()

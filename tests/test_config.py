@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,3 +151,18 @@ def test_shipped_configs_are_valid():
         else:
             config = load_config(path)
         assert config.output_dir == f"runs/{path.stem}", path
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    """The configs in configs/ are what users start from: each loads without an error."""
+    import tomllib
+
+    from forceprune.config import check_registry_names, load_config
+    from forceprune.text.run import make_config
+
+    raw = tomllib.loads(path.read_text())
+    if raw.get("task") == "text_classification":
+        make_config(raw)
+    else:
+        check_registry_names(load_config(path))

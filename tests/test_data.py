@@ -49,7 +49,7 @@ def real_dir(sub: str) -> Path:
     """The real dataset folder, or skip."""
     if not REAL:
         pytest.skip("FORCEPRUNE_DATA is not set; real-data tests need it")
-    p = Path(REAL) / sub
+    p = Path(REAL).resolve() / sub  # absolute: tests mirror it into tmp folders with symlinks
     if not p.is_dir():
         pytest.skip(f"{p} is absent")
     return p

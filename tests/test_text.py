@@ -152,14 +152,19 @@ def test_missing_model_path_and_bad_config(tmp_path):
         make_config({"dataset": "imdb"})
 
 
-def test_run_sst2_end_to_end_on_a_tiny_model(tmp_path):
+def _tiny_etp_run(tmp_path: Path, **overrides) -> dict:
+    """An ETP run config on a tiny SST-2 copy and a tiny BERT, both written under ``tmp_path``."""
     _write_sst2(tmp_path)
-    model_dir = _tiny_model_dir(tmp_path)
     cfg = {
-        "model": str(model_dir), "data_dir": str(tmp_path), "force": "etp", "lr": 2e-2, "epochs": 4,
-        "batch_size": 8, "warmup_ratio": 0.0, "finetune_epochs": 1, "macs_seq_len": 16, "latency_batch": 4,
-        "latency_repeats": 2, "force_options": {"beta": 0.05, "pivot": "ranked"}, "save_model": True, "log_every": 100,
+        "model": str(_tiny_model_dir(tmp_path)), "data_dir": str(tmp_path), "force": "etp", "lr": 2e-2, "epochs": 4,
+        "batch_size": 8, "warmup_ratio": 0.0, "macs_seq_len": 16, "latency_batch": 2, "latency_repeats": 1,
+        "force_options": {"beta": 0.05, "pivot": "ranked"}, "log_every": 100,
     }
+    return {**cfg, **overrides}
+
+
+def test_run_sst2_end_to_end_on_a_tiny_model(tmp_path):
+    cfg = _tiny_etp_run(tmp_path, finetune_epochs=1, save_model=True)
     report = run_sst2(cfg, tmp_path / "run", log=None)
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
     assert saved["acc_dev"] == report["acc_dev"] and 0 <= report["acc_dev"] <= 1 and report["acc_test"] is not None
@@ -178,6 +183,42 @@ def test_run_sst2_end_to_end_on_a_tiny_model(tmp_path):
     assert list(heads_per_layer(reloaded).values()) == report["heads_after"]
 
 
+def test_run_sst2_reaches_a_macs_target_with_the_proximal_force(tmp_path):
+    cfg = _tiny_etp_run(tmp_path, target_macs=0.5, budget={"every": 2}, eval_test=False)
+    report = run_sst2(cfg, tmp_path / "run", log=None)
+    assert report["budget"]["target"] == 0.5 and report["budget"]["total_steps"] == 24
+    assert report["macs_after"] / report["macs_before"] == pytest.approx(0.5, rel=0.03)
+    assert report["removal"]["max_output_error"] < 1e-4
+
+
+def test_text_targets_need_a_force_and_exclude_widths():
+    with pytest.raises(ForcePruneError, match="target_macs needs a force"):
+        make_config({"force": "none", "target_macs": 0.5})
+    with pytest.raises(ForcePruneError, match="either target_macs or widths"):
+        make_config({"target_macs": 0.5, "widths": {"a": 1}})
+
+
+def test_sst2_benchmark_suite_in_miniature(tmp_path):
+    """The sst2 suite's harness (dense, ETP at a target, torque and group norm cut to ETP's
+    widths) on a tiny model, so it cannot rot."""
+    from forceprune.text.bench import run_suite
+
+    _write_sst2(tmp_path)
+    model_dir = _tiny_model_dir(tmp_path)
+    result = run_suite(
+        (0.5,), model=str(model_dir), data_dir=str(tmp_path), train_subset=0, epochs=4, finetune_epochs=0.5,
+        beta=0.05, lr=2e-2, threads=0, output_dir=tmp_path / "out", work_dir=tmp_path / "work", log=None,
+        config={"batch_size": 8, "warmup_ratio": 0.0, "macs_seq_len": 16, "latency_batch": 2, "latency_repeats": 1},
+    )
+    rows = {p["method"]: p for p in result["points"]}
+    assert set(rows) == {"dense", "etp", "torque", "group_norm"}
+    assert rows["etp"]["reached_vs_target"] == pytest.approx(1.0, abs=0.03)
+    assert rows["torque"]["encoder_macs_after"] == rows["etp"]["encoder_macs_after"] == rows["group_norm"]["encoder_macs_after"]
+    assert rows["etp"]["max_output_error"] < 1e-4
+    assert (tmp_path / "out" / "sst2.png").stat().st_size > 0
+    assert "| 0.5 | etp |" in (tmp_path / "out" / "sst2.md").read_text()
+
+
 def test_dense_run(tmp_path):
     _write_sst2(tmp_path)
     model_dir = _tiny_model_dir(tmp_path)
@@ -188,12 +229,11 @@ def test_dense_run(tmp_path):
     assert "removal" not in report
 
 
-def test_proximal_force_step_is_group_soft_thresholding():
+def test_proximal_step_is_group_soft_thresholding():
     pytest.importorskip("transformers")
     from transformers import BertConfig, BertForSequenceClassification
 
     import forceprune as fp
-    from forceprune.text.finetune import proximal_force_step
 
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
@@ -204,7 +244,7 @@ def test_proximal_force_step_is_group_soft_thresholding():
     before = us.unit_sums("all", 2).sqrt().detach()
     phi = pruner.force.profile(us.size, before)
     lr = 0.5 * float((before / (phi * us.numel("all").sqrt())).median())  # kills some heads, shrinks the others
-    proximal_force_step(pruner, lr)
+    pruner.proximal_step(lr)
     after = us.unit_sums("all", 2).sqrt().detach()
     expected = (before - lr * phi * us.numel("all").sqrt()).clamp_min(0)
     assert torch.allclose(after, expected, atol=1e-5)

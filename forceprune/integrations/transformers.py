@@ -23,7 +23,7 @@ With AdamW every element moves by about ``lr`` per step whatever the penalty's s
 *pretrained* unit needs ``max|w| / lr`` steps to reach zero (thousands at fine-tuning learning
 rates). ``force_mode="prox"`` decouples the force from the optimizer instead (as AdamW
 decouples weight decay): after every optimizer step, each unit is shrunk by the proximal
-operator of its force term (:func:`forceprune.text.finetune.proximal_force_step`), which
+operator of its force term (:meth:`ForcePruner.proximal_step`), which
 produces exact zeros within a fine-tuning budget; the loss is then left untouched.
 
 When the Trainer computes the loss itself from the logits (``label_smoothing_factor > 0`` or a
@@ -184,9 +184,7 @@ class ForcePruneCallback(TrainerCallback):
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if self.pruner is None or self.force_mode != "prox" or optimizer is None:
             return
-        from ..text.finetune import proximal_force_step
-
-        proximal_force_step(self.pruner, float(_unwrap_optimizer(optimizer).param_groups[0]["lr"]))
+        self.pruner.proximal_step(float(_unwrap_optimizer(optimizer).param_groups[0]["lr"]))
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
         if self.pruner is None:

@@ -9,12 +9,9 @@ clipping, and one of two ways to apply the force:
   thousands at fine-tuning learning rates. On MiniLM/SST-2 (2,000 sentences, lr 1e-3,
   beta 1e-2) not a single unit was captured.
 * ``force_mode="prox"`` (default here): the force is *decoupled* from Adam, as AdamW decouples
-  weight decay: after each optimizer step every unit is shrunk by the proximal operator of
-  its force term, ``w_u <- w_u * max(0, 1 - s_u / ||w_u||)`` with
-  ``s_u = lr_t * beta * phi_u * sqrt(n_u)`` (``phi_u``: the force profile, ``n_u``: the
-  unit's element count, the group-lasso scaling of Yuan & Lin 2006, so that a unit's
-  elements shrink at ``lr_t * beta * phi_u`` each whether it is a head or a neuron). Units
-  reach exact zeros, which ``pruner.step()`` captures.
+  weight decay: after each optimizer step ``pruner.proximal_step(lr)`` shrinks every unit by
+  the proximal operator of its force term (:mod:`forceprune.proximal`). Units reach exact
+  zeros, which ``pruner.step()`` captures.
 
 ``pruner.step()`` follows every optimizer step either way (captured units stay exactly zero
 with their Adam moments).
@@ -51,42 +48,10 @@ def linear_schedule(optimizer, warmup_steps: int, total_steps: int) -> torch.opt
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@torch.no_grad()
-def proximal_force_step(pruner, lr: float) -> None:
-    """Apply the proximal operator of each unit's force term, in place (see the module doc).
-
-    L2 unit norms: group soft-thresholding; L1: element-wise soft-thresholding by
-    ``lr * beta * phi_u``."""
-    f = pruner.force
-    if f.norm not in ("l2", "l1"):
-        raise ForcePruneError(f"force_mode='prox' needs norm 'l2' or 'l1', got {f.norm!r}.")
-    weights = getattr(pruner, "_set_weights", None) or [1.0] * len(pruner.unit_sets)
-    for us, w in zip(pruner.unit_sets, weights):
-        slices = us.select(f.include)
-        if not slices:
-            continue
-        norms = us.unit_sums(f.include, f.power).detach().float()
-        norms = norms.sqrt() if f.norm == "l2" else norms
-        phi = f.profile(us.size, norms.cpu(), pruner._signs(us)).clamp_min(0).to(norms.device)
-        step = lr * f.beta * float(w) * phi
-        if f.norm == "l2":
-            n = getattr(us, "_prox_numel", None)
-            if n is None:
-                n = us._prox_numel = us.numel(f.include).to(norms.device)
-            step = step * n.sqrt()
-            factor = (1 - step / norms.clamp_min(1e-30)).clamp_min(0)
-            factor[us.dead.to(norms.device)] = 0
-        for sl in slices:
-            t = sl.param.data
-            moved = t.movedim(sl.dim, 0) if sl.dim else t
-            idx = sl.index.to(t.device)
-            shape = (-1,) + (1,) * (moved.dim() - 1)
-            if f.norm == "l2":
-                moved[idx] = moved[idx] * factor[sl.unit.to(t.device)].to(t.dtype).view(shape)
-            else:
-                thr = step[sl.unit.to(t.device)].to(t.dtype).view(shape)
-                vals = moved[idx]
-                moved[idx] = vals.sign() * (vals.abs() - thr).clamp_min(0)
+def steps_for(epochs: float, steps_per_epoch: int, max_steps: int | None = None) -> int:
+    """Optimizer steps of a phase of ``epochs`` (may be fractional), capped by ``max_steps``."""
+    total = max(1, math.ceil(epochs * steps_per_epoch))
+    return min(total, int(max_steps)) if max_steps else total
 
 
 def train_classifier(
@@ -102,10 +67,7 @@ def train_classifier(
         raise ForcePruneError(f"force_mode must be 'loss' or 'prox', got {force_mode!r}.")
     if not (isinstance(epochs, (int, float)) and epochs > 0):
         raise ForcePruneError(f"epochs must be > 0, got {epochs!r}.")
-    steps_per_epoch = len(batches)
-    total = max(1, math.ceil(epochs * steps_per_epoch))
-    if max_steps:
-        total = min(total, int(max_steps))
+    total = steps_for(epochs, len(batches), max_steps)
     optimizer = make_optimizer(model, lr, weight_decay)
     scheduler = linear_schedule(optimizer, int(warmup_ratio * total), total)
     if pruner is not None:
@@ -131,7 +93,7 @@ def train_classifier(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
             if pruner is not None and force_mode == "prox":
-                proximal_force_step(pruner, optimizer.param_groups[0]["lr"])
+                pruner.proximal_step(optimizer.param_groups[0]["lr"])
             scheduler.step()
             if pruner is not None:
                 pruner.step()

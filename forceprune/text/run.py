@@ -48,6 +48,9 @@ class TextRunConfig:
     force_mode: str = "prox"  # "prox": force decoupled from AdamW (proximal step); "loss": penalty in the loss
     prune_kinds: tuple = ("head", "neuron")  # unit kinds the force acts on; others are ignored
     widths: dict | None = None  # optional width-mode removal {unit set name: units kept}
+    target_macs: float | None = None  # budget: fraction of the dense model's MACs to keep (controller scales beta)
+    target_params: float | None = None  # budget: fraction of the dense model's parameters to keep
+    budget: dict = field(default_factory=dict)  # controller options (reach, warmup, every, min_width, round_to, ...)
     train_subset: int = 8000  # random training sentences used (seeded); 0 = all
     dev_subset: int = 0  # 0 = the full dev set
     eval_test: bool = True  # also report the labelled test set (SST-2: SentEval test)
@@ -117,6 +120,13 @@ def make_config(config: dict | TextRunConfig | None) -> TextRunConfig:
     bad_kinds = sorted(set(cfg.prune_kinds) - {"head", "neuron", "channel"})
     if bad_kinds:
         problems.append(f"prune_kinds may hold 'head', 'neuron', 'channel'; got {bad_kinds}")
+    targets = [k for k in ("target_macs", "target_params") if getattr(cfg, k) is not None]
+    if targets and cfg.force in ("none", GROUP_NORM):
+        problems.append(f"{targets[0]} needs a force (the controller scales it); force {cfg.force!r} has none")
+    if targets and cfg.widths:
+        problems.append(f"give either {targets[0]} or widths, not both")
+    if not isinstance(cfg.budget, dict):
+        problems.append(f"budget must be a table, got {cfg.budget!r}")
     if problems:
         raise ForcePruneError("invalid text run config:\n  " + "\n  ".join(problems))
     return cfg
@@ -175,14 +185,18 @@ def _ignored_for_kinds(pruner, kinds) -> list:
     return out
 
 
-def build_pruner(model, example, cfg: TextRunConfig):
+def build_pruner(model, example, cfg: TextRunConfig, total_steps: int | None = None):
     """A ForcePruner acting on the unit kinds of ``cfg.prune_kinds`` only (the pooler's
-    channels are not pruned by default)."""
+    channels are not pruned by default); with a target, its controller plans over
+    ``total_steps`` optimizer steps."""
     from ..pruner import ForcePruner
 
     kwargs: dict[str, Any] = dict(capture=cfg.capture, threshold=cfg.threshold, snap=cfg.snap, capture_every=cfg.capture_every)
     if cfg.cost_power:
         kwargs["cost_power"] = cfg.cost_power
+    if cfg.target_macs is not None or cfg.target_params is not None:
+        kwargs.update(target_macs=cfg.target_macs, target_params=cfg.target_params, total_steps=total_steps,
+                      budget=dict(cfg.budget) or None)
     pruner = ForcePruner(model, example, cfg.force, **kwargs, **cfg.force_options)
     ignored = _ignored_for_kinds(pruner, set(cfg.prune_kinds))
     if ignored:
@@ -232,7 +246,7 @@ def prune_by_group_norm(pruner, widths: dict, calibration_inputs=None) -> dict:
 def run_text_classification(config: dict | TextRunConfig, output_dir: str | Path | None = None, log=print) -> dict:
     """Run one config; returns the report dict (also written to ``output_dir/report.json``)."""
     from ..metrics import count_macs_params, measure_latency
-    from .finetune import evaluate, train_classifier
+    from .finetune import evaluate, steps_for, train_classifier
     from .model import load_text_classifier
 
     cfg = make_config(config)
@@ -266,7 +280,8 @@ def run_text_classification(config: dict | TextRunConfig, output_dir: str | Path
         "train_samples": len(train.ids), "dev_samples": len(dev.ids), "test_samples": len(test.ids) if test else 0,
         "macs_seq_len": cfg.macs_seq_len,
     }
-    pruner = None if cfg.force in ("none", GROUP_NORM) else build_pruner(model, example, cfg)
+    steps = steps_for(cfg.epochs, len(train), cfg.max_steps)
+    pruner = None if cfg.force in ("none", GROUP_NORM) else build_pruner(model, example, cfg, steps)
     if log:
         log(f"[{cfg.dataset}] {len(train.ids)} train / {len(dev.ids)} dev sentences; force {cfg.force}; "
             f"{macs0 / 1e6:.1f} M MACs per {cfg.macs_seq_len}-token sentence")
@@ -283,6 +298,7 @@ def run_text_classification(config: dict | TextRunConfig, output_dir: str | Path
         pruner.capture()
         prune_report = pruner.prune(widths=cfg.widths, calibration_inputs=calib)
         report["removal"] = prune_report.to_dict()
+        report["budget"] = pruner.controller.describe() if pruner.controller is not None else None
         if log:
             log(prune_report.table())
     elif cfg.force == GROUP_NORM:

@@ -5,13 +5,15 @@
 * :func:`plot_force_history` -- unit norms over epochs as heatmaps for the largest unit sets.
 * :func:`plot_widths` -- kept width per layer, before vs after removal.
 * :func:`plot_training` -- test accuracy and MACs over the epochs of the run.
+* :func:`curve_axes` -- one accuracy-vs-compression panel, for the benchmark suites.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import matplotlib
 
@@ -38,6 +40,22 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     fig.savefig(path, dpi=DPI, facecolor="white")
     plt.close(fig)
     return path
+
+
+@contextmanager
+def curve_axes(path: str | Path, *, title: str, xlabel: str, ylabel: str, logx: bool = False) -> Iterator[plt.Axes]:
+    """One 7x4.5 in panel to draw curves on; labelled, gridded, legended and saved to ``path`` on exit."""
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+        yield ax
+        if logx:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(PlainLogFormatter())
+            ax.xaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        _save(fig, path)
 
 
 def _grid(n: int, max_cols: int, width: float, height: float, **kw) -> tuple[plt.Figure, list[plt.Axes]]:

@@ -1,0 +1,67 @@
+"""The force applied as a proximal step, decoupled from the optimizer.
+
+Under Adam every element moves by about ``lr`` per step whatever the size of its gradient, so a
+force added to the loss cannot drive a *pretrained* unit (largest weights ~0.1-0.5) to zero
+within a fine-tuning budget: it needs ``max|w| / lr`` steps. As AdamW decouples weight decay,
+:func:`proximal_force_step` decouples the force: after each optimizer step every unit is shrunk
+by the proximal operator of its force term,
+
+* ``norm="l2"``: ``w_u <- w_u * max(0, 1 - s_u / ||w_u||)`` (group soft-thresholding) with
+  ``s_u = lr_t * scale * beta * w_set * phi_u * sqrt(n_u)``;
+* ``norm="l1"``: element-wise soft-thresholding by ``lr_t * scale * beta * w_set * phi_u``;
+
+``phi_u`` is the force profile of unit ``u`` (e.g. ETP's ``lambda^d``), ``n_u`` its element
+count (the group-lasso scaling of Yuan & Lin 2006: a unit's elements shrink at
+``lr_t * beta * phi_u`` each whether it is a head or a neuron), ``w_set`` the unit set's cost
+weight (``cost_power``) and ``scale`` the budget controller's current multiplier (0 once the
+budget is met: the force stops). Units reach exact zeros, which ``pruner.step()`` captures.
+"""
+from __future__ import annotations
+
+import torch
+
+from .errors import ForcePruneError
+
+
+@torch.no_grad()
+def proximal_force_step(pruner, lr: float) -> None:
+    """Shrink every unit of ``pruner`` (a :class:`~forceprune.pruner.ForcePruner`) in place by
+    the proximal operator of its force term for step size ``lr`` (see the module doc)."""
+    f = pruner.force
+    if f.norm not in ("l2", "l1"):
+        raise ForcePruneError(f"the proximal force step needs norm 'l2' or 'l1', got {f.norm!r}; pass norm='l2'.")
+    scale = pruner.controller.scale if pruner.controller is not None else 1.0
+    if scale == 0.0 or f.beta == 0.0 or lr == 0.0:
+        return
+    for us, weight in zip(pruner.unit_sets, pruner._set_weights):
+        slices = us.select(f.include)
+        if not slices:
+            continue
+        norms = us.unit_sums(f.include, f.power).detach().float()
+        norms = norms.sqrt() if f.norm == "l2" else norms
+        phi = f.profile(us.size, norms.cpu(), pruner._signs(us)).clamp_min(0).to(norms.device)
+        step = lr * scale * f.beta * float(weight) * phi
+        if f.norm == "l2":
+            step = step * _element_counts(us, f.include).to(norms.device).sqrt()
+            factor = (1 - step / norms.clamp_min(1e-30)).clamp_min(0)
+            factor[us.dead.to(norms.device)] = 0
+        for sl in slices:
+            t = sl.param.data
+            moved = t.movedim(sl.dim, 0) if sl.dim else t
+            idx = sl.index.to(t.device)
+            shape = (-1,) + (1,) * (moved.dim() - 1)
+            unit = sl.unit.to(t.device)
+            if f.norm == "l2":
+                moved[idx] = moved[idx] * factor[unit].to(t.dtype).view(shape)
+            else:
+                vals = moved[idx]
+                moved[idx] = vals.sign() * (vals.abs() - step[unit].to(t.dtype).view(shape)).clamp_min(0)
+
+
+def _element_counts(us, include: str) -> torch.Tensor:
+    """``us.numel(include)``, cached on the unit set (its shapes are fixed until a removal
+    rebuilds the unit sets)."""
+    cache = us.__dict__.setdefault("_numel_cache", {})
+    if include not in cache:
+        cache[include] = us.numel(include)
+    return cache[include]
