@@ -82,6 +82,39 @@ def test_proximal_step_follows_the_controller_scale_and_needs_a_step_size():
         pruner.proximal_step()
 
 
+class CoarseAndFine(nn.Module):
+    """Four expensive conv filters (25 % of the MACs each) and 64 cheap hidden neurons (~1 %)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.out = nn.Conv2d(3, 4, 3), nn.Linear(4 * 14 * 14, 64), nn.Linear(64, 2)
+
+    def forward(self, x):
+        return self.out(F.relu(self.fc(F.relu(self.conv(x)).flatten(1))))
+
+
+def test_capture_crosses_the_target_without_overshooting_on_a_coarse_unit():
+    """The weakest candidate is a conv filter worth 25 % of the MACs; the budget (keep 90 %) is
+    met with cheap neurons instead of cutting to 75 %."""
+    torch.manual_seed(0)
+    model = CoarseAndFine()
+    pruner = fp.ForcePruner(model, torch.randn(1, 3, 16, 16), "etp", beta=1e-3, threshold=1e-6, target_macs=0.9,
+                            total_steps=100)
+    with torch.no_grad():
+        model.conv.weight[3].fill_(1e-12)  # every slice of the unit: its row, its bias, its consumers' columns
+        model.conv.bias[3] = 0.0
+        model.fc.weight[:, 3 * 196:].fill_(1e-12)
+        model.fc.weight[:20].fill_(1e-8)
+        model.fc.bias[:20] = 0.0
+        model.out.weight[:, :20].fill_(1e-8)
+    assert pruner.capture() > 0
+    assert pruner.controller.reached
+    fraction = pruner.kept_fraction()
+    assert 0.9 * 0.97 <= fraction <= 0.9, fraction
+    dead = {us.name: int(us.dead.sum()) for us in pruner.unit_sets}
+    assert dead["conv"] == 0 and dead["fc"] > 0, f"cheap neurons, not the expensive filter: {dead}"
+
+
 def test_floors_and_rounding_are_respected():
     model, pruner = _train(0.3, min_width=8, round_to=8)
     report = pruner.prune()
