@@ -321,9 +321,12 @@ class ForcePruner:
         self.steps += 1
         cap.enforce_zeros(self._masks, self.optimizer)
         frozen = self.controller is not None and self.controller.reached
-        if self.capture_every and self.steps % self.capture_every == 0 and not frozen:
+        update = self.controller is not None and self.steps % self.controller.budget.every == 0
+        # capture before a controller update, so that it measures captured units only (a proximal
+        # step zeroes units between captures; uncaptured zeros would grow back once the force stops)
+        if (self.capture_every and self.steps % self.capture_every == 0 or update) and not frozen:
             self.capture()
-        if self.controller is not None and self.steps % self.controller.budget.every == 0:
+        if update:
             self.controller.update(self.steps, self.kept_fraction())
 
     def capture(self) -> int:
@@ -605,7 +608,7 @@ class ForcePruner:
         removes = [self._respect_floor(r, sc, budget) for r, sc in zip(removes, scores)]
         notes = []
         limit = budget.target * (1 + budget.tolerance)
-        if self.kept_fraction(self._preview(removes)) > limit and not self.controller.reached:
+        if self.kept_fraction(self._preview(removes)) > limit:
             candidates = sorted(
                 ((float(sc[i]), k, i) for k, (r, sc) in enumerate(zip(removes, scores)) for i in range(len(r)) if not r[i]),
             )

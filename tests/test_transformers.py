@@ -193,3 +193,15 @@ def test_trainer_callback_prox_mode_zeroes_units_without_touching_the_loss(tmp_p
     assert cb._added == 0  # the loss is the task loss
     assert cb.report.macs_after < cb.report.macs_before
     assert cb.report.max_output_error < 1e-5
+
+
+def test_trainer_callback_prox_mode_meets_a_macs_budget(tmp_path):
+    """The fine-tuning recipe for pretrained models: proximal force under AdamW, scaled by the controller."""
+    model = tiny_bert()
+    cb = ForcePruneCallback(force="etp", force_mode="prox", beta=0.05, pivot="ranked", target_macs=0.6,
+                            budget={"every": 2}, verbose=False)
+    args = _args(tmp_path, max_steps=10, learning_rate=1e-2, lr_scheduler_type="constant")
+    Trainer(model=model, args=args, train_dataset=TinyText(), callbacks=[cb]).train()
+    assert cb.pruner.controller.reached
+    assert 0.6 * 0.97 <= cb.report.macs_after / cb.report.macs_before <= 0.6 * 1.03
+    assert cb.report.max_output_error < 1e-5, "met by units the proximal step zeroed: removal is lossless"
