@@ -23,6 +23,7 @@ import torch_pruning as tp
 from . import capture as cap
 from . import forces as forces_mod
 from .budget import Budget, BudgetController
+from .budget_selection import capture_within_budget, complete_budget
 from .errors import ForcePruneError, NonFiniteError
 from .forces import PRESETS, Force
 from .metrics import count_macs_params, layer_macs, measure_latency
@@ -345,58 +346,19 @@ class ForcePruner:
         return new
 
     def _within_budget(self, found: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Capture no more than the budget needs: if taking every candidate would undershoot
-        the target, take the weakest ones (lowest force-weighted score) up to the target."""
-        budget = self.controller.budget
-        # removable already, candidates aside (a proximal step may have zeroed many units at once:
-        # they compete as candidates, they are not counted as removed)
+        """Capture no more than the budget needs (:func:`budget_selection.capture_within_budget`)."""
+        # removable already, candidates aside (a proximal step may zero many units at once: they
+        # compete as candidates, they are not counted as removed)
         base = [removable_units(us)[0] & ~f for us, f in zip(self.unit_sets, found)]
-        merged = lambda masks: [b | m for b, m in zip(base, masks)]
-        if self.kept_fraction(self._preview(merged(found))) >= budget.target:
-            return found
         scores = [self._scores(us) for us in self.unit_sets]
-        order = sorted((float(sc[i]), k, i) for k, (f, sc) in enumerate(zip(found, scores)) for i in torch.nonzero(f).flatten().tolist())
-
-        def first(n):
-            out = [torch.zeros_like(f) for f in found]
-            for _, k, i in order[:n]:
-                out[k][i] = True
-            return out
-
-        lo, hi = 0, len(order)  # largest n that keeps the fraction >= target
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.kept_fraction(self._preview(merged(first(mid)))) >= budget.target:
-                lo = mid
-            else:
-                hi = mid - 1
-        chosen = first(lo)
-        if lo < len(order):  # the next unit crosses the target (a budget is a ceiling)
-            chosen = self._fill_to_target(chosen, merged, order[lo:], budget)
+        chosen, reached = capture_within_budget(found, base, scores, self._fraction_if_removed, self.controller.budget)
+        if reached:
             self.controller.reached = True
             self.controller.scale = 0.0
         return chosen
 
-    def _fill_to_target(self, chosen: list[torch.Tensor], merged, rest: list[tuple], budget: Budget,
-                        tries: int = 32) -> list[torch.Tensor]:
-        """Cross the target without overshooting it by much: units differ in cost (a LeNet-5
-        conv1 filter is 4 % of the MACs, an fc1 neuron 0.03 %), so take the next candidates
-        (weakest first) that keep the fraction within ``tolerance`` below the target, skipping
-        those that would overshoot; if none lands there, take the weakest crossing unit."""
-        low = budget.target * (1 - budget.tolerance)
-        fraction = self.kept_fraction(self._preview(merged(chosen)))
-        for _, k, i in rest[:tries]:
-            if fraction <= budget.target:
-                return chosen
-            trial = [c.clone() for c in chosen]
-            trial[k][i] = True
-            value = self.kept_fraction(self._preview(merged(trial)))
-            if value >= low:
-                chosen, fraction = trial, value
-        if fraction > budget.target:
-            _, k, i = rest[0]
-            chosen[k][i] = True
-        return chosen
+    def _fraction_if_removed(self, removes: list[torch.Tensor]) -> float:
+        return self.kept_fraction(self._preview(removes))
 
     def _prox_bounds(self) -> list | None:
         """Per unit set, the proximal capture bound for the optimizer's current step size."""
@@ -584,7 +546,8 @@ class ForcePruner:
             removes.append(remove)
             folds.append(fold)
         if widths is None and self.controller is not None:
-            removes, note = self._meet_budget(removes)
+            scores = [self._scores(us) for us in self.unit_sets]
+            removes, note = complete_budget(removes, scores, self._fraction_if_removed, self.controller.budget)
             warnings += note
         for us, remove, fold in zip(self.unit_sets, removes, folds):
             if bool(remove.all()):
@@ -599,53 +562,6 @@ class ForcePruner:
             norms = self.force.unit_norms(us.unit_sums(self.force.include, self.force.power)).float().cpu()
             phi = self.force.profile(us.size, norms, self._signs(us)).clamp_min(1e-12)
         return norms / phi / norms.mean().clamp_min(1e-12)
-
-    def _meet_budget(self, removes: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[str]]:
-        """Apply floors and rounding; if the zero units are not enough, remove the weakest
-        remaining units globally (lowest force-weighted score) until the target holds."""
-        budget = self.controller.budget
-        scores = [self._scores(us) for us in self.unit_sets]
-        removes = [self._respect_floor(r, sc, budget) for r, sc in zip(removes, scores)]
-        notes = []
-        limit = budget.target * (1 + budget.tolerance)
-        if self.kept_fraction(self._preview(removes)) > limit:
-            candidates = sorted(
-                ((float(sc[i]), k, i) for k, (r, sc) in enumerate(zip(removes, scores)) for i in range(len(r)) if not r[i]),
-            )
-            def with_first(n):
-                out = [r.clone() for r in removes]
-                for _, k, i in candidates[:n]:
-                    out[k][i] = True
-                return [self._respect_floor(r, sc, budget) for r, sc in zip(out, scores)]
-            lo, hi = 0, len(candidates)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if self.kept_fraction(self._preview(with_first(mid))) <= limit:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            removes = with_first(lo)
-            notes.append(
-                f"budget: the force had zeroed too few units for target {budget.metric}={budget.target:.4g}; "
-                f"removed the {lo} weakest non-zero units as well (not lossless: see max_output_error)"
-            )
-        return removes, notes
-
-    @staticmethod
-    def _respect_floor(remove: torch.Tensor, score: torch.Tensor, budget: Budget) -> torch.Tensor:
-        """Keep at least ``min_width`` units and a multiple of ``round_to`` (best scores first)."""
-        size = len(remove)
-        kept = size - int(remove.sum())
-        want = max(kept, min(budget.min_width, size))
-        if budget.round_to > 1:
-            want = min(size, -(-want // budget.round_to) * budget.round_to)
-        if want <= kept:
-            return remove
-        remove = remove.clone()
-        order = [i for i in torch.argsort(score, descending=True, stable=True).tolist() if remove[i]]
-        for i in order[: want - kept]:
-            remove[i] = False
-        return remove
 
     def _weakest_tail(self, us: UnitSet, k: int) -> torch.Tensor:
         if not isinstance(k, int) or k < 1:

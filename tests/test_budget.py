@@ -174,3 +174,27 @@ def test_latency_model_refuses_noisy_timings():
 def test_bad_budgets(kwargs, message):
     with pytest.raises(fp.ForcePruneError, match=message):
         fp.ForcePruner(WideMLP(), torch.randn(1, 16), **kwargs)
+
+
+def test_selection_policy_on_synthetic_costs():
+    """budget_selection is pure: masks, scores and a cost callback, no model."""
+    from forceprune.budget_selection import capture_within_budget, complete_budget
+
+    costs = [torch.full((4,), 50.0), torch.full((64,), 100 / 64)]  # a filter: 1/6 of the dense cost; a neuron: 1/192
+
+    def fraction(masks):
+        return 1 - sum(float(c[m].sum()) for c, m in zip(costs, masks)) / 300
+
+    scores = [torch.tensor([0.1, 5.0, 5.0, 5.0]), torch.linspace(0.2, 3.0, 64)]
+    found = [torch.tensor([True, False, False, False]), torch.arange(64) < 20]
+    none = [torch.zeros(4, dtype=torch.bool), torch.zeros(64, dtype=torch.bool)]
+    budget = Budget(target=0.9, total_steps=10)
+    chosen, reached = capture_within_budget(found, none, scores, fraction, budget)
+    assert reached and 0.9 * 0.97 <= fraction(chosen) <= 0.9
+    assert not chosen[0].any(), "crossing on the weakest candidate (a filter) would overshoot to 0.83"
+    everything, reached = capture_within_budget(found, none, scores, fraction, Budget(target=0.2, total_steps=10))
+    assert not reached and all(torch.equal(a, b) for a, b in zip(everything, found))
+
+    removes, notes = complete_budget(none, scores, fraction, Budget(target=0.5, total_steps=10, min_width=2, round_to=2))
+    assert fraction(removes) <= 0.5 * 1.03 and notes and "weakest non-zero" in notes[0]
+    assert all(int((~r).sum()) >= 2 and int((~r).sum()) % 2 == 0 for r in removes)
