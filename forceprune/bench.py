@@ -76,6 +76,12 @@ SUITES: dict[str, Suite] = {
                    train_subset=10000,
                    note="ResNet-20 / CIFAR-10 (JPEG-derived copy: compare side by side only); reduced CPU budget: "
                         "10,000 training images, 6 epochs per point, full 10,000-image test set"),
+    "cifar_resnet56": Suite("cifar_resnet56", "resnet56", "cifar10", epochs=160, levels=(0.5, 0.3, 0.2), seeds=(0, 1, 2),
+                            methods=tuple(m for m in ALL_METHODS if m != "etp_official"), finetune_epochs=40, lr=0.1,
+                            note="ResNet-56 / CIFAR-10 (JPEG-derived copy), the papers' 160-epoch budget: for a GPU"),
+    "cifar_vgg19": Suite("cifar_vgg19", "vgg19_bn", "cifar10", epochs=160, levels=(0.5, 0.3, 0.2), seeds=(0, 1, 2),
+                         methods=tuple(m for m in ALL_METHODS if m != "etp_official"), finetune_epochs=40, lr=0.1,
+                         note="VGG-19-BN / CIFAR-10 (JPEG-derived copy), the papers' 160-epoch budget: for a GPU"),
     "beta_sweep": Suite("beta_sweep", "lenet5", "mnist", epochs=4, levels=(0.2, 0.1, 0.05), seeds=(0,), methods=("etp",),
                         betas=(5e-3, 1e-2, 2e-2, 4e-2, 8e-2),
                         note="LeNet-5 / MNIST, 4 epochs: ETP through the budget controller vs ETP at hand-picked fixed betas"),
