@@ -122,7 +122,7 @@ def run_suite(
                    "dev": "128" if smoke else "full (872)", "test": "none" if smoke else "SentEval labelled (1,821)"},
         "seconds": time.perf_counter() - t0,
         "points": [_row(p) for p in points],
-        "runs": {f"{p['method']}@{p['level']:g}": p["report"] for p in points},
+        "runs": {f"{p['method']}@{p['level']:g}": _without_kept(p["report"]) for p in points},
     }
     suffix = "_smoke" if smoke else ""
     tmp = out / f"sst2{suffix}.json.tmp"
@@ -133,6 +133,13 @@ def run_suite(
     if log:
         log("\n" + markdown(result))
     return result
+
+
+def _without_kept(report: dict) -> dict:
+    """The run's report without the kept-unit index lists (they stay in the run's own report.json)."""
+    if "removal" not in report:
+        return report
+    return {**report, "removal": {k: v for k, v in report["removal"].items() if k != "kept"}}
 
 
 def _row(point: dict) -> dict:
