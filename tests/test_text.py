@@ -175,6 +175,7 @@ def test_run_sst2_end_to_end_on_a_tiny_model(tmp_path):
     assert set(report["unit_kinds"].values()) == {"head", "neuron"}  # the pooler is not pruned by default
     assert sum(report["heads_after"]) + sum(report["ffn_after"]) < 2 * 4 + 2 * 37
     assert report["removal"]["max_output_error"] < 1e-5
+    assert report["acc_dev_after_removal"] == report["acc_dev_before_removal"], "lossless removal: same dev accuracy"
     from forceprune.integrations.transformers import load_pruned
 
     reloaded = load_pruned(report["model_dir"])

@@ -147,7 +147,7 @@ def _row(point: dict) -> dict:
     budget = r.get("budget") or {}
     return {
         "method": point["method"], "level": point["level"], "acc_dev": r["acc_dev"], "acc_test": r.get("acc_test"),
-        "acc_dev_before_removal": r.get("acc_dev_before_removal"),
+        "acc_dev_before_removal": r.get("acc_dev_before_removal"), "acc_dev_after_removal": r.get("acc_dev_after_removal"),
         "macs_before": r["macs_before"], "macs_after": r["macs_after"],
         "encoder_macs_before": r["encoder_macs_before"], "encoder_macs_after": r["encoder_macs_after"],
         "encoder_reduction": r["encoder_macs_before"] / max(r["encoder_macs_after"], 1),
@@ -174,9 +174,10 @@ def markdown(result: dict) -> str:
         "At each level torque and group norm are cut to ETP's per-layer widths, so their MACs match ETP's. "
         "Latency: median ms of a batch of 32 sentences, 1 thread, pruned vs its own unpruned copy side by side.",
         "",
-        "| level | method | dev acc | Δ dev vs dense | test acc | encoder MACs (M) | × fewer | reached/target | "
-        "heads per layer | FFN neurons per layer | removal error | latency ms (before → after) | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| level | method | dev acc before removal | after removal | final dev acc | Δ dev vs dense | test acc | "
+        "encoder MACs (M) | × fewer | reached/target | heads per layer | FFN neurons per layer | removal error | "
+        "latency ms (before → after) | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in result["points"]:
         test = f"{100 * p['acc_test']:.2f}" if p.get("acc_test") is not None else "–"
@@ -184,8 +185,11 @@ def markdown(result: dict) -> str:
         reached = f"{p['reached_vs_target']:.3f}" if p.get("reached_vs_target") else "–"
         err = f"{p['max_output_error']:.1e}" if p.get("max_output_error") is not None else "–"
         level = "dense" if p["method"] == "dense" else f"{p['level']:g}"
+        before, after = (f"{100 * p[k]:.2f}" if p.get(k) is not None else "–"
+                         for k in ("acc_dev_before_removal", "acc_dev_after_removal"))
         lines.append(
-            f"| {level} | {p['method']} | {100 * p['acc_dev']:.2f} | {delta} | {test} | {p['encoder_macs_after'] / 1e6:.1f} "
+            f"| {level} | {p['method']} | {before} | {after} | {100 * p['acc_dev']:.2f} | {delta} | {test} "
+            f"| {p['encoder_macs_after'] / 1e6:.1f} "
             f"| {p['encoder_reduction']:.2f} | {reached} | {p['heads_after']} | {p['ffn_after']} | {err} "
             f"| {p['latency_ms_before']:.0f} → {p['latency_ms_after']:.0f} | {p['train_s']:.0f} |"
         )

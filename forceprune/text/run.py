@@ -305,6 +305,8 @@ def run_text_classification(config: dict | TextRunConfig, output_dir: str | Path
         base = build_pruner(model, example, dataclasses.replace(cfg, force="group_lasso", force_options={"beta": 0.0}))
         report["unit_kinds"] = {us.name: us.kind for us in base.unit_sets}
         report["removal"] = prune_by_group_norm(base, cfg.widths)
+    if "removal" in report:
+        report["acc_dev_after_removal"] = evaluate(model, dev)["accuracy"]
     if cfg.finetune_epochs:
         ft = train_classifier(
             model, train, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr or cfg.lr / 2, weight_decay=cfg.weight_decay,
