@@ -325,7 +325,8 @@ class ForcePruner:
         update = self.controller is not None and self.steps % self.controller.budget.every == 0
         # capture before a controller update, so that it measures captured units only (a proximal
         # step zeroes units between captures; uncaptured zeros would grow back once the force stops)
-        if (self.capture_every and self.steps % self.capture_every == 0 or update) and not frozen:
+        due = bool(self.capture_every) and self.steps % self.capture_every == 0
+        if (due or update) and not frozen:
             self.capture()
         if update:
             self.controller.update(self.steps, self.kept_fraction())
