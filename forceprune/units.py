@@ -259,17 +259,21 @@ def _slice_from_dep(dep, idxs, root_idxs, names: dict) -> list[Slice]:
 
 def find_output_layers(model: nn.Module, example_inputs) -> list[nn.Module]:
     """Conv/linear layers whose output *is* (part of) the model's output: the classifier
-    heads. Found by running the model once with forward hooks."""
+    heads. Found by running the model once with forward hooks, in eval mode (a training-mode
+    pass would move BatchNorm running statistics toward the example's)."""
     produced: dict[int, nn.Module] = {}
     hooks = [
         m.register_forward_hook(lambda mod, _i, o: produced.__setitem__(id(o), mod) if torch.is_tensor(o) else None)
         for m in model.modules()
         if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
     ]
+    was_training = model.training
+    model.eval()
     try:
         with torch.no_grad():
             outputs = run_model(model, example_inputs)
     finally:
+        model.train(was_training)
         for h in hooks:
             h.remove()
     heads = []
