@@ -227,14 +227,18 @@ def run_point(spec: Suite, method: str, level: float | None, seed: int, data_dir
 
 def step_overhead(model, pruner, session, channels_last: bool, steps: int = 20) -> float:
     """Extra time of ``penalty()`` + ``pruner.step()`` relative to a plain training step
-    (median over interleaved rounds, same batch, SGD at lr 0: weights do not change)."""
+    (median over interleaved rounds, same batch, SGD at lr 0), with the force *active* (a met
+    budget switches the force off and freezes capture, which would hide their cost); the model's
+    weights and the pruner's state are restored afterwards."""
     from .train import to_device
 
+    saved = copy.deepcopy(model.state_dict()), pruner.state_dict(), pruner.optimizer
+    if pruner.controller is not None:
+        pruner.controller.reached, pruner.controller.scale = False, 1.0
     x, y = next(iter(session.train_loader))
     x, y = to_device(x, session.device, channels_last), y.to(session.device)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    saved = pruner.optimizer
     pruner.attach_optimizer(opt)
 
     def one(with_force: bool) -> float:
@@ -253,7 +257,9 @@ def step_overhead(model, pruner, session, channels_last: bool, steps: int = 20) 
     for _ in range(steps):
         plain.append(one(False))
         forced.append(one(True))
-    pruner.attach_optimizer(saved)
+    model.load_state_dict(saved[0])
+    pruner.attach_optimizer(saved[2])
+    pruner.load_state_dict(saved[1])
     return statistics.median(forced) / statistics.median(plain) - 1.0
 
 
