@@ -103,11 +103,14 @@ def main(suite: str, data_dir: str | None = None, output_dir: str | None = None,
         from .text.bench import run_suite
 
         if "seeds" in overrides:
-            raise ForcePruneError("the sst2 suite runs seed 0 only (about 45 min per seed on 2 CPU cores); drop --seeds.")
+            raise ForcePruneError("the sst2 suite runs seed 0 only (about 35 min per seed on 2 CPU cores); drop --seeds.")
         return run_suite(data_dir=data_dir, output_dir=output_dir, **overrides)
     if suite not in SUITES:
         raise ForcePruneError(f"unknown benchmark suite {suite!r}; available: {', '.join(SUITES)}, sst2.")
     spec = replace(SUITES[suite], **overrides) if overrides else SUITES[suite]
+    unknown = sorted(set(spec.methods) - set(ALL_METHODS))
+    if unknown:
+        raise ForcePruneError(f"unknown methods {unknown}; available: {', '.join(ALL_METHODS)}.")
     out = Path(output_dir or "benchmarks/results")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(bench)
     bench.add_argument("--output-dir", metavar="DIR", help="where the suite writes <suite>.json, .md and .png (default benchmarks/results)")
     bench.add_argument("--seeds", metavar="LIST", help="comma-separated seeds replacing the suite's, e.g. 0,1,2 (vision suites)")
+    bench.add_argument("--methods", metavar="LIST", help="comma-separated methods replacing the suite's, e.g. dense,etp")
     return parser
 
 
@@ -261,6 +262,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"forceprune bench: error: --seeds takes integers separated by commas, got {args.seeds!r}", file=sys.stderr)
             return EXIT_USAGE
+    if args.methods:
+        overrides["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     try:
         bench_main(args.suite, data_dir=args.data_dir, output_dir=args.output_dir, **overrides)
     except ForcePruneError as exc:

@@ -62,6 +62,13 @@ def test_report_of_missing_run_dir(tmp_path, capsys):
     assert "report.json does not exist" in capsys.readouterr().err
 
 
+def test_bench_rejects_unknown_methods_and_bad_seeds(capsys):
+    assert main(["bench", "quick", "--methods", "etp,magic"]) == 2
+    assert "unknown methods ['magic']; available: dense" in capsys.readouterr().err
+    assert main(["bench", "quick", "--seeds", "0,one"]) == 2
+    assert "--seeds takes integers" in capsys.readouterr().err
+
+
 def test_bench_unknown_suite(capsys):
     assert main(["bench", "lenet5_mnist"]) == 2
     assert "unknown benchmark suite 'lenet5_mnist'; available: quick" in capsys.readouterr().err
