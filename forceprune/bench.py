@@ -76,11 +76,6 @@ SUITES: dict[str, Suite] = {
                    train_subset=10000,
                    note="ResNet-20 / CIFAR-10 (JPEG-derived copy: compare side by side only); reduced CPU budget: "
                         "10,000 training images, 6 epochs per point, full 10,000-image test set"),
-    "cifar_vgg": Suite("cifar_vgg", "vgg19_bn", "cifar10", epochs=3, levels=(0.5,), seeds=(0,),
-                       methods=("dense", "tp_group_norm", "torque", "etp"), finetune_epochs=1, lr=0.05,
-                       train_subset=5000, test_subset=2000,
-                       note="VGG-19-BN / CIFAR-10 (JPEG-derived copy); a CPU smoke of the method ranking only: "
-                            "5,000 training images, 3 epochs per point, 2,000 test images"),
     "cifar_resnet56": Suite("cifar_resnet56", "resnet56", "cifar10", epochs=160, levels=(0.5, 0.3, 0.2), seeds=(0, 1, 2),
                             methods=tuple(m for m in ALL_METHODS if m != "etp_official"), finetune_epochs=40, lr=0.1,
                             note="ResNet-56 / CIFAR-10 (JPEG-derived copy), the papers' 160-epoch budget: for a GPU"),

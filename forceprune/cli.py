@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = command("bench", "Run a benchmark suite (forceprune.bench).",
                     "example:\n  forceprune bench quick --output-dir benchmarks/results")
     bench.add_argument("suite", metavar="SUITE",
-                       help="benchmark suite: quick, headline, fmnist, cifar, cifar_vgg, beta_sweep, sst2, smoke; "
+                       help="benchmark suite: quick, headline, fmnist, cifar, beta_sweep, sst2, smoke; "
                             "for a GPU: cifar_resnet56, cifar_vgg19 (see forceprune.bench.SUITES)")
     _add_data_dir(bench)
     bench.add_argument("--output-dir", metavar="DIR", help="where the suite writes <suite>.json, .md and .png (default benchmarks/results)")
