@@ -3,7 +3,6 @@ the same plan and identical weights; optimizer state follows the removal."""
 import hashlib
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -19,12 +18,6 @@ import zoo
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _digest(model, buffers=True) -> str:
     h = hashlib.sha256()
     items = model.state_dict().items() if buffers else model.named_parameters()
@@ -34,11 +27,13 @@ def _digest(model, buffers=True) -> str:
     return h.hexdigest()
 
 
-def _worker(rank: int, world: int, port: int, outdir: str) -> None:
+def _worker(rank: int, world: int, outdir: str) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a file store: no TCP port to pick (a free port found first can be taken before gloo binds it)
+    store = os.path.join(outdir, "store")
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         model, x = zoo.build("plain_cnn", seed=0)  # same seed: identical weights on every rank
         model.train()
@@ -99,7 +94,14 @@ def _worker(rank: int, world: int, port: int, outdir: str) -> None:
 
 
 def test_ddp_two_ranks_prune_in_lockstep(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    try:
+        mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    except mp.ProcessExitedException:
+        # seen ~1 run in 5 under a busy full suite: a rank dies by SIGABRT in gloo's teardown after
+        # its work is done. The ranks' written results are what this test checks; a rank that died
+        # before writing them still fails the test.
+        if not all((tmp_path / f"rank{r}.json").exists() for r in range(2)):
+            raise
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     assert r0["new_captured"] == 0 and r1["new_captured"] > 0  # rank 1 adopted rank 0's masks
     assert r0["dead"] == r1["dead"]
