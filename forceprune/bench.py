@@ -342,7 +342,8 @@ def summarise(points: list[dict]) -> list[dict]:
     return rows
 
 
-def _fmt(v, spec="{:.2f}", none="–") -> str:
+def fmt_cell(v, spec="{:.2f}", none="–") -> str:
+    """A table cell: ``v`` formatted with ``spec``, or ``none`` when it is missing."""
     return none if v is None else spec.format(v)
 
 
@@ -366,13 +367,13 @@ def markdown(result: dict) -> str:
         else:
             target = "dense" if r["method"] == "dense" else f"{r['level']:.3g} ({1 / r['level']:.0f}×)"
         lines.append(
-            f"| {r['method']} | {target} | {_fmt(r['macs_reduction'], '{:.1f}×')} | {_fmt(r['macs_reached_vs_target'])} "
-            f"| {_fmt(r['acc_before_removal'])} | {_fmt(r['acc_after_removal'])} "
-            f"| {_fmt(r['acc_final'])} ± {_fmt(r['acc_final_std'])} | {_fmt(r['delta_vs_dense'], '{:+.2f}')} "
-            f"| {_fmt(r['removal_drop'], '{:+.2f}')} "
-            f"| {_fmt(r['speedup_eager_b1'], '{:.2f}×')} / {_fmt(r['speedup_eager_b64'], '{:.2f}×')} "
-            f"| {_fmt(r['speedup_ort_b1'], '{:.2f}×')} / {_fmt(r['speedup_ort_b64'], '{:.2f}×')} "
-            f"| {_fmt(r['step_overhead'], '{:+.0%}')} |"
+            f"| {r['method']} | {target} | {fmt_cell(r['macs_reduction'], '{:.1f}×')} | {fmt_cell(r['macs_reached_vs_target'])} "
+            f"| {fmt_cell(r['acc_before_removal'])} | {fmt_cell(r['acc_after_removal'])} "
+            f"| {fmt_cell(r['acc_final'])} ± {fmt_cell(r['acc_final_std'])} | {fmt_cell(r['delta_vs_dense'], '{:+.2f}')} "
+            f"| {fmt_cell(r['removal_drop'], '{:+.2f}')} "
+            f"| {fmt_cell(r['speedup_eager_b1'], '{:.2f}×')} / {fmt_cell(r['speedup_eager_b64'], '{:.2f}×')} "
+            f"| {fmt_cell(r['speedup_ort_b1'], '{:.2f}×')} / {fmt_cell(r['speedup_ort_b64'], '{:.2f}×')} "
+            f"| {fmt_cell(r['step_overhead'], '{:+.0%}')} |"
         )
     return "\n".join(lines) + "\n"
 

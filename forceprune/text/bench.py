@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from ..bench import fmt_cell
 from ..errors import ForcePruneError
 from .run import GROUP_NORM, run_sst2
 
@@ -180,13 +181,13 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in result["points"]:
-        test = f"{100 * p['acc_test']:.2f}" if p.get("acc_test") is not None else "–"
+        pct = {k: None if p.get(k) is None else 100 * p[k]
+               for k in ("acc_test", "acc_dev_before_removal", "acc_dev_after_removal")}
+        test, before, after = (fmt_cell(pct[k]) for k in pct)
         delta = f"{100 * (p['acc_dev'] - dense['acc_dev']):+.2f}" if dense else "–"
-        reached = f"{p['reached_vs_target']:.3f}" if p.get("reached_vs_target") else "–"
-        err = f"{p['max_output_error']:.1e}" if p.get("max_output_error") is not None else "–"
+        reached = fmt_cell(p.get("reached_vs_target") or None, "{:.3f}")
+        err = fmt_cell(p.get("max_output_error"), "{:.1e}")
         level = "dense" if p["method"] == "dense" else f"{p['level']:g}"
-        before, after = (f"{100 * p[k]:.2f}" if p.get(k) is not None else "–"
-                         for k in ("acc_dev_before_removal", "acc_dev_after_removal"))
         lines.append(
             f"| {level} | {p['method']} | {before} | {after} | {100 * p['acc_dev']:.2f} | {delta} | {test} "
             f"| {p['encoder_macs_after'] / 1e6:.1f} "
