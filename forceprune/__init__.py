@@ -13,7 +13,7 @@ from .metrics import count_macs_params, layer_macs, measure_latency
 from .pruner import ForcePruner
 from .report import PruneReport
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import distributed, optim_state, plan  # noqa: E402  (heavy dependencies load lazily)
 from .budget import Budget  # noqa: E402

@@ -25,11 +25,15 @@ units (global competition by force-weighted norm) until the target holds, and re
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Mapping
 
 from .errors import ForcePruneError
 
 METRICS = ("macs", "params", "latency")
+#: The target options every entry point accepts, and the metric each one sets.
+TARGET_KEYS = ("target_macs", "target_params", "target_latency_ms")
+TARGET_METRICS = dict(zip(TARGET_KEYS, METRICS))
 
 
 @dataclass(frozen=True)
@@ -148,3 +152,45 @@ class BudgetController:
 
     def describe(self) -> dict:
         return {**asdict(self.budget), **self.state_dict()}
+
+
+#: The options of :class:`Budget` a user sets (``budget={...}`` / a config's ``[budget]`` table).
+BUDGET_OPTIONS = tuple(f.name for f in fields(Budget) if f.name not in ("target", "metric", "total_steps"))
+
+
+def budget_errors(targets: Mapping[str, float | None], options: Mapping | None = None) -> list[str]:
+    """Everything wrong with a set of targets (``{"target_macs": 0.1, ...}``, ``None`` = unset)
+    and budget options, each message with its fix; ``[]`` when they are usable. The value rules
+    are :class:`Budget`'s own (it is built once with a placeholder step count)."""
+    options = dict(options or {})
+    given = {k: v for k, v in targets.items() if v is not None}
+    errors = []
+    unknown = sorted(set(options) - set(BUDGET_OPTIONS))
+    if unknown:
+        errors.append(f"unknown budget options {unknown}; valid: {', '.join(BUDGET_OPTIONS)}")
+    if not given:
+        if options:
+            errors.append("budget options were given without a target; add target_macs, target_params or "
+                          "target_latency_ms")
+        return errors
+    if len(given) > 1:
+        return errors + [f"two targets at once ({', '.join(given)}) without a priority: give one; the others can "
+                         "be checked in the report"]
+    (key, value), = given.items()
+    if unknown:
+        return errors
+    try:
+        Budget(target=value, metric=TARGET_METRICS[key], total_steps=1, **options)
+    except (ForcePruneError, TypeError) as exc:
+        errors.append(str(exc))
+    return errors
+
+
+def target_of(targets: Mapping[str, float | None], options: Mapping | None = None) -> tuple[str, float] | None:
+    """``(metric, value)`` of the one target given (``None`` without one), after
+    :func:`budget_errors`; raises :class:`ForcePruneError` naming every problem."""
+    errors = budget_errors(targets, options)
+    if errors:
+        raise ForcePruneError("; ".join(errors) + ".")
+    given = [(TARGET_METRICS[k], float(v)) for k, v in targets.items() if v is not None]
+    return given[0] if given else None

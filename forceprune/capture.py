@@ -103,10 +103,4 @@ def enforce_zeros(masks: list[tuple[torch.Tensor, torch.Tensor]], optimizer=None
 
 def producers_zero(us: UnitSet, tolerance: float = 0.0) -> torch.Tensor:
     """``(G,)`` bool: units whose producer conv/linear weights are all ``<= tolerance``."""
-    out = torch.ones(us.size, dtype=torch.bool)
-    for s in us.slices:
-        if s.role == PRODUCER_WEIGHT:
-            m = s.position_max_abs().float().cpu()
-            per_unit = torch.zeros(us.size).scatter_reduce(0, s.unit.cpu(), m, "amax")
-            out &= per_unit <= tolerance
-    return out
+    return us.max_abs(PRODUCER_WEIGHT) <= tolerance

@@ -28,11 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .budget import TARGET_KEYS, budget_errors
+from .errors import ForcePruneError
+
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
 
 
-class ConfigError(ValueError):
+class ConfigError(ForcePruneError):
     """A configuration value is missing, unknown, mistyped or impossible."""
 
 
@@ -197,16 +200,10 @@ def check_registry_names(config: RunConfig) -> None:
 
 def _force_option_errors(config: RunConfig) -> list[str]:
     """Build the force law once so that unknown or invalid force_options fail now, not mid-run."""
+    from .forces import resolve
+
     try:
-        from . import forces
-        from .errors import ForcePruneError
-    except ImportError:
-        return []
-    preset = forces.PRESETS.get(config.force)
-    name = preset["force"] if preset else config.force
-    options = {**preset["force_options"], **config.force_options} if preset else config.force_options
-    try:
-        forces.create(name, **options)
+        resolve(config.force, config.force_options)
     except (ForcePruneError, TypeError) as exc:
         return [f"force_options for force {config.force!r}: {exc}"]
     return []
@@ -330,15 +327,7 @@ def _check_values(c: RunConfig) -> list[str]:
     need(all(isinstance(k, str) for k in c.force_options), "force_options keys must be strings")
     need(c.capture_every >= 0, f"capture_every = {c.capture_every} must be >= 0 (0 = capture at epoch end only)")
     need(0 <= c.cost_power <= 4, f"cost_power = {c.cost_power} must be in [0, 4]: 0 = uniform, 1 = MACs-proportional")
-    targets = [n for n in ("target_macs", "target_params", "target_latency_ms") if getattr(c, n) is not None]
-    need(len(targets) <= 1, f"{' and '.join(targets)} are both set: give one target (the controller follows one)")
-    for n in ("target_macs", "target_params"):
-        v = getattr(c, n)
-        need(v is None or 0 < v < 1, f"{n} = {v} must be a fraction of the dense model in (0, 1), e.g. {n} = 0.1 for 10x fewer")
-    need(c.target_latency_ms is None or c.target_latency_ms > 0, f"target_latency_ms = {c.target_latency_ms} must be > 0 ms")
-    budget_keys = {"warmup", "reach", "every", "gain", "min_width", "round_to", "tolerance"}
-    need(set(c.budget) <= budget_keys, f"unknown budget options {sorted(set(c.budget) - budget_keys)}; valid: {', '.join(sorted(budget_keys))}")
-    need(not c.budget or bool(targets), "budget options are set but no target: add target_macs, target_params or target_latency_ms")
+    errors += budget_errors({k: getattr(c, k) for k in TARGET_KEYS}, c.budget)
     need("beta" not in c.force_options or _is_number(c.force_options["beta"]) and c.force_options["beta"] >= 0,
          f"force_options.beta = {c.force_options.get('beta')!r} must be a number >= 0, e.g. beta = 5e-4")
     need(bool(c.output_dir.strip()), 'output_dir is empty: set e.g. output_dir = "runs/my_run"')

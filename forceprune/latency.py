@@ -13,11 +13,16 @@ falls back to a MACs target with a warning). Fits are cached per model layout in
 from __future__ import annotations
 
 import statistics
+import warnings
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn as nn
 
+from .errors import ForcePruneError
 from .metrics import measure_latency
+from .preview import pruned_copy
+from .units import UnitSet
 
 _CACHE: dict[tuple, "LatencyModel"] = {}
 
@@ -52,31 +57,55 @@ class LatencyModel:
         return model
 
     @classmethod
-    def fit(cls, pruner, repeats: int = 20, max_noise: float = 0.15) -> "LatencyModel | None":
-        """Measure ``pruner``'s model on this machine (a few dozen forward passes per set)."""
-        from .pruner import _to_device
-
-        inputs = _to_device(pruner.example_inputs, pruner._device())
-        key = (type(pruner.model).__name__, tuple((us.name, us.size) for us in pruner.unit_sets),
+    def fit(cls, model: nn.Module, unit_sets: list[UnitSet], inputs, repeats: int = 20,
+            max_noise: float = 0.15) -> "LatencyModel | None":
+        """Measure ``model`` on this machine (a few dozen forward passes of ``inputs`` per unit
+        set, each set cut to half width in a copy); None when the timings are too noisy."""
+        key = (type(model).__name__, tuple((us.name, us.size) for us in unit_sets),
                tuple(inputs.shape) if torch.is_tensor(inputs) else None)
         if key in _CACHE:
             return _CACHE[key]
-        sizes = {us.name: us.size for us in pruner.unit_sets}
+        sizes = {us.name: us.size for us in unit_sets}
 
         def half_masks(only=None):
             masks = []
-            for us in pruner.unit_sets:
+            for us in unit_sets:
                 m = torch.zeros(us.size, dtype=torch.bool)
                 if only is None or us.name == only:
                     m[us.size // 2 + us.size % 2:] = True
                 masks.append(m)
             return masks
 
-        dense = [measure_latency(pruner.model, inputs, repeats=repeats, copy_model=True) for _ in range(3)]
-        half = {us.name: measure_latency(pruner.pruned_copy(half_masks(us.name)), inputs, repeats=repeats)
-                for us in pruner.unit_sets}
-        all_half = measure_latency(pruner.pruned_copy(half_masks()), inputs, repeats=repeats)
-        model = cls.from_timings(dense, half, sizes, all_half, max_noise)
-        if model is not None:
-            _CACHE[key] = model
-        return model
+        dense = [measure_latency(model, inputs, repeats=repeats, copy_model=True) for _ in range(3)]
+        half = {us.name: measure_latency(pruned_copy(model, unit_sets, inputs, half_masks(us.name)), inputs, repeats=repeats)
+                for us in unit_sets}
+        all_half = measure_latency(pruned_copy(model, unit_sets, inputs, half_masks()), inputs, repeats=repeats)
+        fitted = cls.from_timings(dense, half, sizes, all_half, max_noise)
+        if fitted is not None:
+            _CACHE[key] = fitted
+        return fitted
+
+
+def latency_budget(model: nn.Module, unit_sets: list[UnitSet], inputs, target_ms: float
+                   ) -> tuple[str, float, LatencyModel | None]:
+    """A latency target as a budget: ``(metric, target fraction, latency model)``.
+
+    With a usable fit the metric is ``"latency"`` and the fraction ``target_ms / dense_ms``;
+    when timing on this machine is too noisy, a MACs target of the same ratio (with a warning)."""
+    fitted = LatencyModel.fit(model, unit_sets, inputs)
+    if fitted is None:
+        dense_ms = measure_latency(model, inputs, copy_model=True)
+        warnings.warn(
+            "timing on this machine is too noisy to fit a latency model (repeated timings of the dense "
+            "model differ by more than 15%); falling back to a MACs target with the same ratio "
+            f"(target_latency_ms / {dense_ms:.3f} ms). Run on a quiet machine for a latency target.",
+            stacklevel=4,
+        )
+        return "macs", min(max(target_ms / dense_ms, 1e-3), 0.999), None
+    fraction = target_ms / fitted.dense_ms
+    if not 0 < fraction < 1:
+        raise ForcePruneError(
+            f"target_latency_ms={target_ms} is not below the dense model's {fitted.dense_ms:.3f} ms on this "
+            "machine: nothing to prune for it."
+        )
+    return "latency", fraction, fitted

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .units import run_model
+from ._torch import eval_mode, run_model
 
 _aten = torch.ops.aten
 #: Ops that appear in attention without an owning nn.Linear/Conv (2 FLOPs per MAC).
@@ -57,24 +57,16 @@ def count_macs_params(model: nn.Module, example_inputs) -> tuple[int, int]:
 
     MACs are per forward pass of the given batch; pass a batch of one for MACs per sample.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         macs, params = tp.utils.count_ops_and_params(model, example_inputs)
         macs += functional_macs(model, example_inputs)
-    finally:
-        model.train(was_training)
     return int(macs), int(params)
 
 
 def layer_macs(model: nn.Module, example_inputs) -> dict[str, int]:
     """MACs per named conv/linear layer (torch-pruning's per-layer counts)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         _, _, per_layer, _ = tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)
-    finally:
-        model.train(was_training)
     names = {m: n for n, m in model.named_modules()}
     return {
         names[m]: int(v)
@@ -93,9 +85,7 @@ def measure_latency(
     times drift; ratios measured together do not.
     """
     m = copy.deepcopy(model) if copy_model else model
-    was_training = m.training
-    m.eval()
-    try:
+    with eval_mode(m):
         for _ in range(warmup):
             run_model(m, example_inputs)
         times = []
@@ -107,6 +97,4 @@ def measure_latency(
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             times.append((time.perf_counter() - t0) * 1e3)
-    finally:
-        m.train(was_training)
     return statistics.median(times)

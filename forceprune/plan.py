@@ -58,6 +58,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from ._torch import eval_mode, model_device, to_device
+from ._version import __version__
 from .checkpoint import fsync_directory
 from .errors import ForcePruneError
 from .removal import RemovalPlan, apply_removal
@@ -154,8 +156,6 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
 # building a plan
 # --------------------------------------------------------------------------------------------
 def _fp_version() -> str:
-    from . import __version__
-
     return __version__
 
 
@@ -499,11 +499,7 @@ def replay_rounds(
                 f"architecture the plan was made for ({description})."
             )
         ignored.append(modules[name])
-    p = next(model.parameters(), None)
-    device = p.device if p is not None else torch.device("cpu")
-    from .pruner import _to_device
-
-    inputs = _to_device(example_inputs, device)
+    inputs = to_device(example_inputs, model_device(model))
     for r, rnd in enumerate(rounds):
         if not any(len(e["kept"]) < e["size"] for e in rnd["unit_sets"]):
             continue
@@ -538,12 +534,8 @@ def replay_rounds(
             remove = torch.ones(us.size, dtype=torch.bool)
             remove[torch.as_tensor(entry["kept"], dtype=torch.long)] = False
             removal.append(RemovalPlan(us, remove, torch.zeros(us.size, dtype=torch.bool)))
-        was = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             apply_removal(graph, removal, model)
-        finally:
-            model.train(was)
     return model
 
 

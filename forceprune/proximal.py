@@ -21,28 +21,32 @@ from __future__ import annotations
 import torch
 
 from .errors import ForcePruneError
+from .forces import Force
+from .scoring import unit_profile
+from .units import UnitSet
 
 
 @torch.no_grad()
-def proximal_force_step(pruner, lr: float) -> None:
-    """Shrink every unit of ``pruner`` (a :class:`~forceprune.pruner.ForcePruner`) in place by
-    the proximal operator of its force term for step size ``lr`` (see the module doc)."""
-    f = pruner.force
+def proximal_force_step(force: Force, unit_sets: list[UnitSet], set_weights: list[float], scale: float,
+                        lr: float) -> None:
+    """Shrink every unit in place by the proximal operator of its force term for step size
+    ``lr``, with the force scaled by ``scale`` (the budget controller's multiplier) and each unit
+    set's penalty by its cost weight (see the module doc)."""
+    f = force
     if f.norm not in ("l2", "l1"):
         raise ForcePruneError(f"the proximal force step needs norm 'l2' or 'l1', got {f.norm!r}; pass norm='l2'.")
-    scale = pruner.controller.scale if pruner.controller is not None else 1.0
     if scale == 0.0 or f.beta == 0.0 or lr == 0.0:
         return
-    for us, weight in zip(pruner.unit_sets, pruner._set_weights):
+    for us, weight in zip(unit_sets, set_weights):
         slices = us.select(f.include)
         if not slices:
             continue
         norms = us.unit_sums(f.include, f.power).detach().float()
         norms = norms.sqrt() if f.norm == "l2" else norms
-        phi = f.profile(us.size, norms.cpu(), pruner._signs(us)).clamp_min(0).to(norms.device)
+        phi = unit_profile(f, us, norms)[1].clamp_min(0).to(norms.device)
         step = lr * scale * f.beta * float(weight) * phi
         if f.norm == "l2":
-            step = step * _element_counts(us, f.include).to(norms.device).sqrt()
+            step = step * us.numel(f.include).to(norms.device).sqrt()
             factor = (1 - step / norms.clamp_min(1e-30)).clamp_min(0)
             factor[us.dead.to(norms.device)] = 0
         for sl in slices:
@@ -57,11 +61,3 @@ def proximal_force_step(pruner, lr: float) -> None:
                 vals = moved[idx]
                 moved[idx] = vals.sign() * (vals.abs() - step[unit].to(t.dtype).view(shape)).clamp_min(0)
 
-
-def _element_counts(us, include: str) -> torch.Tensor:
-    """``us.numel(include)``, cached on the unit set (its shapes are fixed until a removal
-    rebuilds the unit sets)."""
-    cache = us.__dict__.setdefault("_numel_cache", {})
-    if include not in cache:
-        cache[include] = us.numel(include)
-    return cache[include]

@@ -5,51 +5,34 @@
     optimizer.step(); pruner.step()         # keep captured units at exactly zero
     report = pruner.prune()                 # remove them, in place; outputs unchanged
 
-It wires together the graph (``units``), the force law (``forces``), the capture policy
-(``capture``) and the surgery (``removal``); it holds no logic of its own beyond that.
+It keeps the state of a pruning run -- the unit sets of the model (``units``), the force law
+(``forces``), the captured masks (``capture``), the budget controller (``budget``) and the
+optimizer -- and each verb delegates to the room that does the work: per-unit numbers to
+``scoring``, previews to ``preview``, which units a budget takes to ``budget_selection``, the
+surgery and its report to ``removal``.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
-import warnings
 from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
-from . import capture as cap
-from . import forces as forces_mod
-from .budget import Budget, BudgetController
+from ._torch import model_device, to_device
+from .budget import Budget, BudgetController, target_of
 from .budget_selection import capture_within_budget, complete_budget
+from .capture import CAPTURE_MODES, apply_captures, build_masks, clip_elements, enforce_zeros, find_captures
 from .errors import ForcePruneError, NonFiniteError
-from .forces import PRESETS, Force
-from .metrics import count_macs_params, layer_macs, measure_latency
-from .removal import (
-    RemovalPlan,
-    apply_removal,
-    drop_unmeasured,
-    fold_constants,
-    measure_constants,
-    output_error,
-    removable_units,
-)
+from .forces import Force, resolve
+from .latency import latency_budget
+from .metrics import count_macs_params
+from .preview import counts_if_removed, floor_masks, keep_one, pruned_copy
+from .proximal import proximal_force_step
+from .removal import RemovalPlan, remove, removable_units
+from .scoring import cost_weights, force_field, prox_bounds, scores, signs, weakest_tail
 from .report import PruneReport
-from .units import PRODUCER_OTHER, PRODUCER_WEIGHT, UnitSet, build_unit_sets, run_model
-
-_DEFAULT_CAPTURE = {"capture": "unit", "threshold": 1e-3}
-
-
-def _to_device(inputs, device):
-    if torch.is_tensor(inputs):
-        return inputs.to(device)
-    if isinstance(inputs, dict):
-        return {k: _to_device(v, device) for k, v in inputs.items()}
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(_to_device(v, device) for v in inputs)
-    return inputs
+from .units import build_unit_sets
 
 
 class ForcePruner:
@@ -113,56 +96,36 @@ class ForcePruner:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ForcePruneError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        self.force, defaults = self._resolve_force(force, force_options)
+        self.force, defaults = resolve(force, force_options)
         self.capture_mode = capture if capture is not None else defaults["capture"]
         self.threshold = float(threshold if threshold is not None else defaults["threshold"])
-        if self.capture_mode not in cap.CAPTURE_MODES:
-            raise ForcePruneError(f"capture={self.capture_mode!r} is not supported; choose 'unit' or 'element'.")
-        if not (math.isfinite(self.threshold) and self.threshold >= 0):
-            raise ForcePruneError(f"threshold must be a finite number >= 0, got {self.threshold!r}; try 1e-3.")
-        if not isinstance(capture_every, int) or capture_every < 0:
-            raise ForcePruneError(f"capture_every must be an int >= 0, got {capture_every!r}.")
-        self.capture_every = capture_every
-        if not (isinstance(snap, (int, float)) and math.isfinite(snap) and snap >= 0):
-            raise ForcePruneError(f"snap must be a finite number >= 0, got {snap!r}; 1.0 is the proximal bound.")
-        self.snap = float(snap)
-        if not (isinstance(cost_power, (int, float)) and 0 <= cost_power <= 4):
-            raise ForcePruneError(f"cost_power must be in [0, 4], got {cost_power!r}; 0 = uniform, 1 = MACs-proportional.")
-        self.cost_power = float(cost_power)
+        _check_capture_options(self.capture_mode, self.threshold, capture_every, snap, cost_power)
+        self.capture_every, self.snap, self.cost_power = capture_every, float(snap), float(cost_power)
+        targets = {"target_macs": target_macs, "target_params": target_params, "target_latency_ms": target_latency_ms}
+        target = target_of(targets, budget)  # checked before the (slow) trace
         self.model = model
         self.example_inputs = example_inputs
         self.ignored_layers = list(ignored_layers or [])
         self.ignore_output_layers = ignore_output_layers
         self.optimizer = optimizer
         self.steps = 0
+        self.history: list[PruneReport] = []
+        self.latency_model = None
         self._summary_cache: tuple | None = None
         self._counts_now: tuple[int, int] | None = None
         self._rebuild()
-        inputs = _to_device(self.example_inputs, self._device())
-        self.macs_dense, self.params_dense = count_macs_params(self.model, inputs)
-        self.controller = self._make_controller(target_macs, target_params, target_latency_ms, total_steps, budget)
+        self.macs_dense, self.params_dense = count_macs_params(self.model, self._inputs())
+        self.controller = None if target is None else self._make_controller(*target, total_steps, budget)
 
     # -- construction ------------------------------------------------------------------------
-    @staticmethod
-    def _resolve_force(force, options: dict) -> tuple[Force, dict]:
-        if isinstance(force, Force):
-            if options:
-                raise ForcePruneError(
-                    f"options {sorted(options)} were given with a Force object; set them on the object instead, "
-                    f"e.g. dataclasses.replace(force, {next(iter(options))}=...)."
-                )
-            return force, dict(_DEFAULT_CAPTURE)
-        if not isinstance(force, str):
-            raise ForcePruneError(f"force must be a name or a Force object, got {type(force).__name__}.")
-        if force in PRESETS:
-            preset = PRESETS[force]
-            return forces_mod.create(preset["force"], **{**preset["force_options"], **options}), preset
-        return forces_mod.create(force, **options), dict(_DEFAULT_CAPTURE)
+    def _inputs(self, inputs=None):
+        """Example (or the given) inputs on the model's device."""
+        return to_device(self.example_inputs if inputs is None else inputs, model_device(self.model))
 
     def _rebuild(self, allow_empty: bool = False) -> None:
         """(Re)trace the model and collect its unit sets, keeping captured masks by name."""
         old = {us.name: us.dead for us in getattr(self, "unit_sets", [])}
-        inputs = _to_device(self.example_inputs, self._device())
+        inputs = self._inputs()
         self.graph, self.unit_sets = build_unit_sets(
             self.model, inputs, self.ignored_layers, ignore_output_layers=self.ignore_output_layers
         )
@@ -174,132 +137,47 @@ class ForcePruner:
         for us in self.unit_sets:
             if us.name in old and len(old[us.name]) == us.size:
                 us.dead = old[us.name].clone()
-        self._masks = cap.build_masks(self.unit_sets, self.force.include)
-        self._set_weights = self._cost_weights(inputs)
+        self._masks = build_masks(self.unit_sets, self.force.include)
+        self._set_weights = cost_weights(self.model, self.unit_sets, inputs, self.cost_power)
 
-    def _cost_weights(self, inputs) -> list[float]:
-        """Per unit set, the multiplier ``(c_S / mean c)**cost_power`` of its penalty, where
-        ``c_S`` is the MACs per sample that one unit costs (producer rows + consumer columns)."""
-        if self.cost_power == 0:
-            return [1.0] * len(self.unit_sets)
-        per_layer = layer_macs(self.model, inputs)
-        names = {m: n for n, m in self.model.named_modules()}
-        costs = []
-        for us in self.unit_sets:
-            cost = 0.0
-            for s in us.slices:
-                if s.param_name == "weight" and s.role != PRODUCER_OTHER:
-                    macs = per_layer.get(names.get(s.module, ""), 0)
-                    cost += macs * len(s.index) / max(s.param.shape[s.dim], 1) / us.size
-            costs.append(max(cost, 1e-12))
-        mean = sum(costs) / len(costs)
-        return [(c / mean) ** self.cost_power for c in costs]
-
-    def _make_controller(self, target_macs, target_params, target_latency_ms, total_steps, options):
-        targets = {"macs": target_macs, "params": target_params, "latency": target_latency_ms}
-        given = {k: v for k, v in targets.items() if v is not None}
-        if not given:
-            if options:
-                raise ForcePruneError("budget options were given without a target; add target_macs=..., target_params=... or target_latency_ms=...")
-            return None
-        if len(given) > 1:
-            raise ForcePruneError(
-                f"two targets at once ({', '.join('target_' + k for k in given)}) without a priority: give one; "
-                "the others can be checked in the report."
-            )
-        (metric, target), = given.items()
-        options = dict(options or {})
-        unknown = set(options) - {f.name for f in dataclasses.fields(Budget)} | ({"metric", "target", "total_steps"} & set(options))
-        if unknown:
-            raise ForcePruneError(f"unknown budget options {sorted(unknown)}; valid: warmup, reach, every, gain, min_width, round_to, tolerance.")
+    def _make_controller(self, metric: str, target: float, total_steps, options) -> BudgetController:
+        asked = target
         if metric == "latency":
-            from .latency import LatencyModel
-
-            self.latency_model = LatencyModel.fit(self)
-            if self.latency_model is None:
-                dense_ms = measure_latency(self.model, _to_device(self.example_inputs, self._device()), copy_model=True)
-                warnings.warn(
-                    "timing on this machine is too noisy to fit a latency model (repeated timings of the dense "
-                    "model differ by more than 15%); falling back to a MACs target with the same ratio "
-                    f"(target_latency_ms / {dense_ms:.3f} ms). Run on a quiet machine for a latency target.",
-                    stacklevel=3,
-                )
-                metric, target = "macs", min(max(target / dense_ms, 1e-3), 0.999)
-            else:
-                target = target / self.latency_model.dense_ms
-                if not 0 < target < 1:
-                    raise ForcePruneError(
-                        f"target_latency_ms={given['latency']} is not below the dense model's "
-                        f"{self.latency_model.dense_ms:.3f} ms on this machine: nothing to prune for it."
-                    )
-        budget = Budget(target=target, metric=metric if metric != "latency" else "latency", total_steps=total_steps or 0, **options)
-        floor = self._floor_fraction(budget)
+            metric, target, self.latency_model = latency_budget(self.model, self.unit_sets, self._inputs(), target)
+        budget = Budget(target=target, metric=metric, total_steps=total_steps or 0, **(options or {}))
+        floor = self.kept_fraction(self._preview(floor_masks(self.unit_sets, budget.min_width)), budget.metric)
         if floor > budget.target:
             raise ForcePruneError(
-                f"target_{metric}={given[metric]} cannot be met: the smallest model that keeps "
+                f"target_{metric}={asked} cannot be met: the smallest model that keeps "
                 f"min_width={budget.min_width} unit(s) per unit set has {floor:.3f} of the dense {metric}. "
                 "Raise the target, lower min_width, or prune more layers (check ignored_layers)."
             )
         return BudgetController(budget)
-
-    def _floor_fraction(self, budget: Budget) -> float:
-        keep = [torch.ones(us.size, dtype=torch.bool) for us in self.unit_sets]
-        for k in keep:
-            k[min(budget.min_width, len(k)):] = False
-        return self.kept_fraction(self._preview([~k for k in keep]), budget.metric)
-
-    def kept_fraction(self, preview: tuple | None = None, metric: str | None = None) -> float:
-        """Fraction of the dense cost the model would keep if removable units were removed."""
-        metric = metric or (self.controller.budget.metric if self.controller else "macs")
-        if preview is None:
-            s = self.summary()
-            macs, params = s["macs_if_pruned"], s["params_if_pruned"]
-            widths = s["widths_if_pruned"]
-        else:
-            _, _, macs, params = preview
-            widths = None
-        if metric == "params":
-            return params / self.params_dense
-        if metric == "latency":
-            if widths is None:
-                return macs / self.macs_dense
-            return self.latency_model.predict(widths) / self.latency_model.dense_ms
-        return macs / self.macs_dense
-
-    def _device(self) -> torch.device:
-        p = next(self.model.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Clear the optimizer state (momentum, Adam moments) of captured units from now on."""
         self.optimizer = optimizer
 
     # -- training-time API -------------------------------------------------------------------
-    def _signs(self, us: UnitSet) -> torch.Tensor | None:
-        if getattr(self.force, "charge", None) != "signed_mean":
-            return None
-        with torch.no_grad():
-            total = torch.zeros(us.size)
-            for s in us.slices:
-                if s.role == PRODUCER_WEIGHT:
-                    total.index_add_(0, s.unit.cpu(), s.elements().detach().float().sum(1).cpu())
-            return torch.sign(total)
+    @property
+    def scale(self) -> float:
+        """The budget controller's current multiplier of the force (1 without a budget)."""
+        return self.controller.scale if self.controller is not None else 1.0
 
     def penalty(self) -> torch.Tensor:
         """The force penalty: a differentiable scalar to add to the task loss."""
-        scale = self.controller.scale if self.controller is not None else 1.0
-        if scale == 0.0:
-            return torch.zeros((), device=self._device())
-        total = None
+        if self.scale == 0.0:
+            return torch.zeros((), device=model_device(self.model))
+        total = torch.zeros((), device=model_device(self.model))
         for us, weight in zip(self.unit_sets, self._set_weights):
-            term = weight * self.force.penalty(us.unit_sums(self.force.include, self.force.power), self._signs(us))
-            total = term if total is None else total + term
+            sums = us.unit_sums(self.force.include, self.force.power)
+            total = total + weight * self.force.penalty(sums, signs(self.force, us))
         if not torch.isfinite(total):
             raise NonFiniteError(
                 "the force penalty is NaN/Inf: the weights have diverged. Lower the learning rate or beta, "
                 "or check the inputs for NaN."
             )
-        return total * scale if scale != 1.0 else total
+        return total * self.scale if self.scale != 1.0 else total
 
     def proximal_step(self, lr: float | None = None) -> None:
         """The force as a proximal step instead of a loss term: call right after
@@ -308,19 +186,17 @@ class ForcePruner:
         ``lr`` (default: the attached optimizer's first learning rate), scaled by the budget
         controller. Use it to prune pretrained models under Adam, where a loss-term force
         moves each weight by only ~``lr`` per step (:mod:`forceprune.proximal`)."""
-        from .proximal import proximal_force_step
-
         if lr is None:
             if self.optimizer is None:
                 raise ForcePruneError("proximal_step() needs lr= or an optimizer: call pruner.attach_optimizer(optimizer) first.")
             lr = float(self.optimizer.param_groups[0]["lr"])
-        proximal_force_step(self, float(lr))
+        proximal_force_step(self.force, self.unit_sets, self._set_weights, self.scale, float(lr))
 
     def step(self) -> None:
         """Call after every ``optimizer.step()``: re-zero captured units; capture new ones
         every ``capture_every`` calls."""
         self.steps += 1
-        cap.enforce_zeros(self._masks, self.optimizer)
+        enforce_zeros(self._masks, self.optimizer)
         frozen = self.controller is not None and self.controller.reached
         update = self.controller is not None and self.steps % self.controller.budget.every == 0
         # capture before a controller update, so that it measures captured units only (a proximal
@@ -336,14 +212,15 @@ class ForcePruner:
         if self.controller is not None and self.controller.reached:
             return 0
         if self.capture_mode == "element":
-            new = cap.clip_elements(self.unit_sets, self.force.include, self.threshold, self.optimizer)
+            new = clip_elements(self.unit_sets, self.force.include, self.threshold, self.optimizer)
         else:
-            found = cap.find_captures(self.unit_sets, self.force.include, self.threshold, self._prox_bounds())
+            bounds = prox_bounds(self.force, self.unit_sets, self._set_weights, self.optimizer, self.snap, self.scale)
+            found = find_captures(self.unit_sets, self.force.include, self.threshold, bounds)
             if self.controller is not None and any(bool(f.any()) for f in found):
                 found = self._within_budget(found)
-            new = cap.apply_captures(self.unit_sets, found, self.force.include, self.optimizer)
+            new = apply_captures(self.unit_sets, found, self.force.include, self.optimizer)
         if new:
-            self._masks = cap.build_masks(self.unit_sets, self.force.include)
+            self._masks = build_masks(self.unit_sets, self.force.include)
         return new
 
     def _within_budget(self, found: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -351,62 +228,47 @@ class ForcePruner:
         # removable already, candidates aside (a proximal step may zero many units at once: they
         # compete as candidates, they are not counted as removed)
         base = [removable_units(us)[0] & ~f for us, f in zip(self.unit_sets, found)]
-        scores = [self._scores(us) for us in self.unit_sets]
-        chosen, reached = capture_within_budget(found, base, scores, self._fraction_if_removed, self.controller.budget)
+        unit_scores = [scores(self.force, us) for us in self.unit_sets]
+        chosen, reached = capture_within_budget(found, base, unit_scores, self._fraction_if_removed, self.controller.budget)
         if reached:
             self.controller.reached = True
             self.controller.scale = 0.0
         return chosen
 
+    # -- costs ---------------------------------------------------------------------------------
+    def _preview(self, removable: list[torch.Tensor]) -> tuple[int, int, int, int]:
+        """``(macs_now, params_now, macs_if_removed, params_if_removed)``."""
+        inputs = self._inputs()
+        if self._counts_now is None:
+            self._counts_now = count_macs_params(self.model, inputs)
+        return (*self._counts_now, *counts_if_removed(self.model, self.unit_sets, inputs, removable))
+
     def _fraction_if_removed(self, removes: list[torch.Tensor]) -> float:
         return self.kept_fraction(self._preview(removes))
 
-    def _prox_bounds(self) -> list | None:
-        """Per unit set, the proximal capture bound for the optimizer's current step size."""
-        if self.optimizer is None or self.snap == 0 or self.force.beta == 0 or self.force.norm == "l2sq":
-            return None
-        bounds = []
-        for us in self.unit_sets:
-            group = _param_group(self.optimizer, us.select(self.force.include)[0].param)
-            if group is None:
-                bounds.append(None)
-                continue
-            lr = float(group["lr"])
-            if "betas" in group:  # Adam family: ~lr per element per step
-                bounds.append(("max", torch.full((us.size,), self.snap * lr)))
-                continue
-            eta = lr / (1.0 - float(group.get("momentum", 0.0) or 0.0))
-            with torch.no_grad():
-                norms = self.force.unit_norms(us.unit_sums(self.force.include, self.force.power)).float().cpu()
-                phi = self.force.profile(us.size, norms, self._signs(us)).clamp_min(0)
-            weight = self._set_weights[self.unit_sets.index(us)]
-            scale = self.controller.scale if self.controller is not None else 1.0
-            per_unit = self.snap * eta * scale * weight * self.force.beta * phi / (us.size if self.force.reduction == "mean" else 1)
-            bounds.append(("l2" if self.force.norm == "l2" else "max", per_unit))
-        return bounds
+    def kept_fraction(self, preview: tuple | None = None, metric: str | None = None) -> float:
+        """Fraction of the dense cost the model would keep if removable units were removed."""
+        metric = metric or (self.controller.budget.metric if self.controller else "macs")
+        if preview is None:
+            s = self.summary()
+            macs, params, widths = s["macs_if_pruned"], s["params_if_pruned"], s["widths_if_pruned"]
+        else:
+            macs, params, widths = preview[2], preview[3], None
+        if metric == "params":
+            return params / self.params_dense
+        if metric == "latency" and widths is not None:
+            return self.latency_model.predict(widths) / self.latency_model.dense_ms
+        return macs / self.macs_dense
+
+    def pruned_copy(self, removable: list[torch.Tensor]) -> nn.Module:
+        """A deep copy of the model with the given units ((G,) bool per unit set) removed;
+        the model itself is untouched (:func:`forceprune.preview.pruned_copy`)."""
+        return pruned_copy(self.model, self.unit_sets, self._inputs(), removable)
 
     # -- introspection -------------------------------------------------------------------------
     def force_field(self) -> list[dict]:
         """Per unit set: unit norms, normalised distances, force weights and captured units."""
-        out = []
-        with torch.no_grad():
-            for us in self.unit_sets:
-                norms = self.force.unit_norms(us.unit_sums(self.force.include, self.force.power)).float().cpu()
-                d, anchor = self.force.distances(us.size, norms)
-                x = self.force.normalised(d, us.size)
-                phi = self.force.weights(x, norms, anchor, self._signs(us))
-                out.append(
-                    {
-                        "name": us.name,
-                        "size": us.size,
-                        "pivot": anchor,
-                        "norms": norms.tolist(),
-                        "distances": x.tolist(),
-                        "weights": phi.tolist(),
-                        "zero": us.dead.tolist(),
-                    }
-                )
-        return out
+        return force_field(self.force, self.unit_sets)
 
     def summary(self) -> dict:
         """Units captured so far and the MACs/params the model would have if they were removed."""
@@ -422,46 +284,12 @@ class ForcePruner:
             "params_dense": params_dense,
             "macs_if_pruned": macs,
             "params_if_pruned": params,
-            "widths_if_pruned": {us.name: us.size - int(_keep_one(r, us).sum()) for us, r in zip(self.unit_sets, removable)},
+            "widths_if_pruned": {us.name: us.size - int(keep_one(r).sum()) for us, r in zip(self.unit_sets, removable)},
             "budget": self.controller.describe() if self.controller is not None else None,
         }
 
-    def pruned_copy(self, removable: list[torch.Tensor]) -> nn.Module:
-        """A deep copy of the model with the given units ((G,) bool per unit set) removed;
-        the model itself is untouched. Used for previews and latency fitting."""
-        inputs = _to_device(self.example_inputs, self._device())
-        clone = copy.deepcopy(self.model)
-        # an instance-level forward wrapper (e.g. the HF callback's penalty hook) is bound to the
-        # original model: the copy must run its own class forward
-        clone.__dict__.pop("forward", None)
-        was = clone.training
-        clone.eval()
-        graph = tp.DependencyGraph().build_dependency(clone, example_inputs=inputs, verbose=False)
-        clone.train(was)
-        modules = dict(clone.named_modules())
-        for us, rem in zip(self.unit_sets, removable):
-            idxs = torch.nonzero(_keep_one(rem, us)).flatten().tolist()
-            if idxs:
-                graph.get_pruning_group(modules[us.root_name], us.root_fn, us.root_channels(idxs)).prune()
-                if us.on_removed is not None:
-                    us.on_removed(clone, [i for i in range(us.size) if i not in set(idxs)])
-        return clone
-
-    def _preview(self, removable: list[torch.Tensor]) -> tuple[int, int, int, int]:
-        """``(macs_now, params_now, macs_if_removed, params_if_removed)``."""
-        inputs = _to_device(self.example_inputs, self._device())
-        if self._counts_now is None:
-            self._counts_now = count_macs_params(self.model, inputs)
-        macs, params = count_macs_params(self.pruned_copy(removable), inputs)
-        return (*self._counts_now, macs, params)
-
     # -- removal ---------------------------------------------------------------------------------
-    def prune(
-        self,
-        widths: dict[str, int] | None = None,
-        tolerance: float = 0.0,
-        calibration_inputs=None,
-    ) -> PruneReport:
+    def prune(self, widths: dict[str, int] | None = None, tolerance: float = 0.0, calibration_inputs=None) -> PruneReport:
         """Physically remove units, in place, and report what changed.
 
         Default mode (``widths=None``): remove only units that are exactly zero (or
@@ -470,118 +298,42 @@ class ForcePruner:
         largest force-weighted norm ``||w_i|| / phi_i`` in each named set (others untouched)
         and reports the output error this causes.
         """
-        self._check_finite()
-        inputs = _to_device(self.example_inputs, self._device())
-        calib = inputs if calibration_inputs is None else _to_device(calibration_inputs, self._device())
-        mode = "zero" if widths is None else "width"
-        plans, warnings = self._plans(widths, tolerance)
-        was = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                y_before = run_model(self.model, calib)
-            macs_before, params_before = count_macs_params(self.model, inputs)
-            per_layer_before = layer_macs(self.model, inputs)
-            constants = measure_constants(self.model, plans, calib)
-            warnings += drop_unmeasured(plans, constants)
-            warnings += fold_constants(plans, constants)
-            grad_flags = {n: p.requires_grad for n, p in self.model.named_parameters()}
-            kept = apply_removal(self.graph, plans, self.model)
-            for n, p in self.model.named_parameters():  # torch-pruning resets requires_grad to True
-                p.requires_grad_(grad_flags.get(n, p.requires_grad))
-            with torch.no_grad():
-                y_after = run_model(self.model, calib)
-            macs_after, params_after = count_macs_params(self.model, inputs)
-            per_layer_after = layer_macs(self.model, inputs)
-        finally:
-            self.model.train(was)
-        layers = [
-            {
-                "name": p.unit_set.name,
-                "root": p.unit_set.root_name,
-                "kind": p.unit_set.kind,
-                "channels_per_unit": p.unit_set.channels_per_unit,
-                "width_before": p.unit_set.size,
-                "width_after": len(kept[p.unit_set.name]),
-            }
-            for p in plans
-        ]
-        report = PruneReport(
-            mode=mode,
-            macs_before=macs_before,
-            macs_after=macs_after,
-            params_before=params_before,
-            params_after=params_after,
-            max_output_error=output_error(y_before, y_after),
-            layers=layers,
-            layer_macs=[
-                {"layer": n, "macs_before": v, "macs_after": per_layer_after.get(n, 0)} for n, v in per_layer_before.items()
-            ],
-            kept=kept,
-            warnings=warnings,
-        )
-        self.history = getattr(self, "history", []) + [report]
+        _check_finite(self.model)
+        inputs = self._inputs()
+        calib = inputs if calibration_inputs is None else self._inputs(calibration_inputs)
+        plans, notes = self._plans(widths, tolerance)
+        report = remove(self.model, self.graph, plans, inputs, calib, mode="zero" if widths is None else "width", notes=notes)
+        self.history.append(report)
         for us in self.unit_sets:
             us.dead = torch.zeros(0, dtype=torch.bool)  # stale after surgery; _rebuild() resets
         self._rebuild(allow_empty=True)
-        self._summary_cache = None
-        self._counts_now = None
+        self._summary_cache = self._counts_now = None
         return report
 
     def _plans(self, widths: dict[str, int] | None, tolerance: float) -> tuple[list[RemovalPlan], list[str]]:
-        warnings: list[str] = []
-        plans = []
+        """What :meth:`prune` removes from each unit set, and notes for the report."""
         if widths is not None:
             unknown = sorted(set(widths) - {us.name for us in self.unit_sets})
             if unknown:
                 raise ForcePruneError(
                     f"widths names unknown unit sets {unknown}; valid names: {[us.name for us in self.unit_sets]}."
                 )
-        removes, folds = [], []
-        for us in self.unit_sets:
-            if widths is None:
-                remove, fold = removable_units(us, tolerance)
-            else:
-                remove = self._weakest_tail(us, widths.get(us.name, us.size))
-                fold = torch.zeros(us.size, dtype=torch.bool)
-            removes.append(remove)
-            folds.append(fold)
+            removes = [weakest_tail(self.force, us, _width(us.name, widths.get(us.name, us.size))) for us in self.unit_sets]
+            folds = [torch.zeros(us.size, dtype=torch.bool) for us in self.unit_sets]
+        else:
+            pairs = [removable_units(us, tolerance) for us in self.unit_sets]
+            removes, folds = [r for r, _ in pairs], [f for _, f in pairs]
+        notes: list[str] = []
         if widths is None and self.controller is not None:
-            scores = [self._scores(us) for us in self.unit_sets]
-            removes, note = complete_budget(removes, scores, self._fraction_if_removed, self.controller.budget)
-            warnings += note
-        for us, remove, fold in zip(self.unit_sets, removes, folds):
-            if bool(remove.all()):
-                warnings.append(f"{us.name}: every unit could be removed; kept one so the layer still exists")
-                remove = _keep_one(remove, us)
-            plans.append(RemovalPlan(us, remove, fold & remove))
-        return plans, warnings
-
-    def _scores(self, us: UnitSet) -> torch.Tensor:
-        """Scale-free force-weighted importance ``(||w_i|| / phi_i) / mean ||w||`` (``(G,)``)."""
-        with torch.no_grad():
-            norms = self.force.unit_norms(us.unit_sums(self.force.include, self.force.power)).float().cpu()
-            phi = self.force.profile(us.size, norms, self._signs(us)).clamp_min(1e-12)
-        return norms / phi / norms.mean().clamp_min(1e-12)
-
-    def _weakest_tail(self, us: UnitSet, k: int) -> torch.Tensor:
-        if not isinstance(k, int) or k < 1:
-            raise ForcePruneError(f"width for {us.name!r} must be an int >= 1, got {k!r} (a layer keeps at least one unit).")
-        with torch.no_grad():
-            norms = self.force.unit_norms(us.unit_sums(self.force.include, self.force.power)).float().cpu()
-            phi = self.force.profile(us.size, norms, self._signs(us)).clamp_min(1e-12)
-        order = torch.argsort(norms / phi, descending=True, stable=True)
-        remove = torch.ones(us.size, dtype=torch.bool)
-        remove[order[: min(k, us.size)]] = False
-        return remove
-
-    def _check_finite(self) -> None:
-        for name, p in self.model.named_parameters():
-            if not torch.isfinite(p).all():
-                raise NonFiniteError(
-                    f"parameter {name!r} contains NaN/Inf; removal would not be meaningful. "
-                    "Restore a finite checkpoint (lower the learning rate or beta) and try again."
-                )
+            unit_scores = [scores(self.force, us) for us in self.unit_sets]
+            removes, notes = complete_budget(removes, unit_scores, self._fraction_if_removed, self.controller.budget)
+        plans = []
+        for us, rem, fold in zip(self.unit_sets, removes, folds):
+            if bool(rem.all()):
+                notes.append(f"{us.name}: every unit could be removed; kept one so the layer still exists")
+                rem = keep_one(rem)
+            plans.append(RemovalPlan(us, rem, fold & rem))
+        return plans, notes
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -604,20 +356,33 @@ class ForcePruner:
                         "load it into the same (unpruned) model it was saved from."
                     )
                 us.dead = dead.clone().bool()
-        self._masks = cap.build_masks(self.unit_sets, self.force.include)
-        cap.enforce_zeros(self._masks, self.optimizer)
+        self._masks = build_masks(self.unit_sets, self.force.include)
+        enforce_zeros(self._masks, self.optimizer)
 
 
-def _param_group(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict | None:
-    for group in optimizer.param_groups:
-        if any(p is param for p in group["params"]):
-            return group
-    return None
+def _check_capture_options(capture: str, threshold: float, capture_every, snap, cost_power) -> None:
+    if capture not in CAPTURE_MODES:
+        raise ForcePruneError(f"capture={capture!r} is not supported; choose 'unit' or 'element'.")
+    if not (math.isfinite(threshold) and threshold >= 0):
+        raise ForcePruneError(f"threshold must be a finite number >= 0, got {threshold!r}; try 1e-3.")
+    if not isinstance(capture_every, int) or capture_every < 0:
+        raise ForcePruneError(f"capture_every must be an int >= 0, got {capture_every!r}.")
+    if not (isinstance(snap, (int, float)) and math.isfinite(snap) and snap >= 0):
+        raise ForcePruneError(f"snap must be a finite number >= 0, got {snap!r}; 1.0 is the proximal bound.")
+    if not (isinstance(cost_power, (int, float)) and 0 <= cost_power <= 4):
+        raise ForcePruneError(f"cost_power must be in [0, 4], got {cost_power!r}; 0 = uniform, 1 = MACs-proportional.")
 
 
-def _keep_one(remove: torch.Tensor, us: UnitSet) -> torch.Tensor:
-    """Never remove every unit of a set: keep the first (the pivot side) if all would go."""
-    if bool(remove.all()):
-        remove = remove.clone()
-        remove[0] = False
-    return remove
+def _width(name: str, k) -> int:
+    if not isinstance(k, int) or k < 1:
+        raise ForcePruneError(f"width for {name!r} must be an int >= 1, got {k!r} (a layer keeps at least one unit).")
+    return k
+
+
+def _check_finite(model: nn.Module) -> None:
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise NonFiniteError(
+                f"parameter {name!r} contains NaN/Inf; removal would not be meaningful. "
+                "Restore a finite checkpoint (lower the learning rate or beta) and try again."
+            )

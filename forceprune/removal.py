@@ -18,8 +18,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ._torch import eval_mode, flatten_tensors, run_model
 from .capture import producers_zero
-from .units import CONSUMER, UnitSet, run_model
+from .metrics import count_macs_params, layer_macs
+from .report import PruneReport
+from .units import CONSUMER, UnitSet
 
 
 @dataclass
@@ -33,22 +36,16 @@ class RemovalPlan:
 
 def consumers_zero(us: UnitSet, tolerance: float = 0.0) -> torch.Tensor:
     """``(G,)`` bool: units read by at least one consumer, all with weights ``<= tolerance``."""
-    out = torch.ones(us.size, dtype=torch.bool)
-    found = False
-    for s in us.slices:
-        if s.role == CONSUMER:
-            found = True
-            m = s.position_max_abs().float().cpu()
-            out &= torch.zeros(us.size).scatter_reduce(0, s.unit.cpu(), m, "amax") <= tolerance
-    return out if found else torch.zeros(us.size, dtype=torch.bool)
+    if not us.has_role(CONSUMER):
+        return torch.zeros(us.size, dtype=torch.bool)
+    return us.max_abs(CONSUMER) <= tolerance
 
 
 def removable_units(us: UnitSet, tolerance: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """``(remove, fold)`` masks: units that can go, and those among them needing a bias fold."""
     silent = consumers_zero(us, tolerance)
     constant = producers_zero(us, tolerance) & ~silent
-    has_consumer = any(s.role == CONSUMER for s in us.slices)
-    if not has_consumer:
+    if not us.has_role(CONSUMER):
         constant &= False
     return silent | constant, constant
 
@@ -76,13 +73,10 @@ def measure_constants(model: nn.Module, plans: list[RemovalPlan], calibration_in
                 wanted.setdefault(s.module, []).append((s, plan.fold))
     seen: dict[nn.Module, torch.Tensor] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, args: seen.setdefault(mod, args[0].detach())) for m in wanted]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             run_model(model, calibration_inputs)
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     out = {}
@@ -164,23 +158,77 @@ def _padding(conv: nn.Module) -> tuple:
 
 
 def apply_removal(graph, plans: list[RemovalPlan], model: nn.Module) -> dict[str, list[int]]:
-    """Remove the planned units with torch-pruning; return kept root indices per unit set."""
+    """Remove the planned units with torch-pruning; return kept root indices per unit set.
+
+    ``graph`` is a dependency graph of ``model``; roots are looked up in ``model`` by name, so
+    plans made on one model apply to a copy of it (previews) as well."""
     kept = {}
     for plan in plans:
         us = plan.unit_set
         idxs = torch.nonzero(plan.remove).flatten().tolist()
         kept[us.name] = [i for i in range(us.size) if i not in set(idxs)]
         if idxs:
-            graph.get_pruning_group(us.root, us.root_fn, us.root_channels(idxs)).prune()
+            root = model.get_submodule(us.root_name)
+            graph.get_pruning_group(root, us.root_fn, us.root_channels(idxs)).prune()
             if us.on_removed is not None:
                 us.on_removed(model, kept[us.name])
     return kept
 
 
+def remove(model: nn.Module, graph, plans: list[RemovalPlan], inputs, calibration_inputs, *, mode: str = "zero",
+           notes: list[str] | None = None) -> PruneReport:
+    """Carry out ``plans`` on ``model`` in place and report what changed.
+
+    ``inputs`` (a batch of one) count MACs per sample; ``calibration_inputs`` measure the
+    constants to fold and the output error (``max|y_after - y_before| / max|y_before|``).
+    The model runs in eval mode throughout; ``requires_grad`` flags, which torch-pruning
+    resets to True on the parameters it rebuilds, are restored."""
+    warnings = list(notes or [])
+    with eval_mode(model):
+        with torch.no_grad():
+            y_before = run_model(model, calibration_inputs)
+        macs_before, params_before = count_macs_params(model, inputs)
+        per_layer_before = layer_macs(model, inputs)
+        constants = measure_constants(model, plans, calibration_inputs)
+        warnings += drop_unmeasured(plans, constants)
+        warnings += fold_constants(plans, constants)
+        grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
+        kept = apply_removal(graph, plans, model)
+        for n, p in model.named_parameters():
+            p.requires_grad_(grad_flags.get(n, p.requires_grad))
+        with torch.no_grad():
+            y_after = run_model(model, calibration_inputs)
+        macs_after, params_after = count_macs_params(model, inputs)
+        per_layer_after = layer_macs(model, inputs)
+    layers = [
+        {
+            "name": p.unit_set.name,
+            "root": p.unit_set.root_name,
+            "kind": p.unit_set.kind,
+            "channels_per_unit": p.unit_set.channels_per_unit,
+            "width_before": p.unit_set.size,
+            "width_after": len(kept[p.unit_set.name]),
+        }
+        for p in plans
+    ]
+    return PruneReport(
+        mode=mode,
+        macs_before=macs_before,
+        macs_after=macs_after,
+        params_before=params_before,
+        params_after=params_after,
+        max_output_error=output_error(y_before, y_after),
+        layers=layers,
+        layer_macs=[
+            {"layer": n, "macs_before": v, "macs_after": per_layer_after.get(n, 0)} for n, v in per_layer_before.items()
+        ],
+        kept=kept,
+        warnings=warnings,
+    )
+
+
 def output_error(before, after) -> float:
     """Largest absolute difference relative to the largest absolute output (both flattened)."""
-    from .units import flatten_tensors
-
     a = torch.cat([t.detach().float().flatten() for t in flatten_tensors(before)])
     b = torch.cat([t.detach().float().flatten() for t in flatten_tensors(after)])
     if a.shape != b.shape:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from .errors import ForcePruneError
 from .config import ConfigError, RunConfig
 from .train import Phase, Trainer, evaluate, resolve_device, seed_everything, use_channels_last
 
@@ -40,7 +41,7 @@ ACC_BEST_NOTE = ("highest test accuracy of any epoch (force training or fine-tun
                  "NOT used for model selection: the reported and saved model is the last epoch's")
 
 
-class RunDirError(ValueError):
+class RunDirError(ForcePruneError):
     """The output directory cannot be used as asked (holds a run, is incomplete, ...)."""
 
 

@@ -19,12 +19,19 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning.pruner import function as tpf
 
+from ._torch import eval_mode, flatten_tensors, run_model
 from .errors import ForcePruneError
 
 #: Roles a slice can play in a unit.
 PRODUCER_WEIGHT = "producer_weight"  # conv/linear output rows (what ETP's official code penalises)
 PRODUCER_OTHER = "producer_other"  # producer bias, BatchNorm/affine entries
 CONSUMER = "consumer"  # input columns of the layers that read the channel
+#: Roles a force acts on, by its ``include`` option.
+INCLUDE_ROLES = {
+    "all": (PRODUCER_WEIGHT, PRODUCER_OTHER, CONSUMER),
+    "producers": (PRODUCER_WEIGHT, PRODUCER_OTHER),
+    "weights": (PRODUCER_WEIGHT,),
+}
 
 _OUT_FNS = {
     tpf.prune_conv_out_channels: "conv",
@@ -155,6 +162,7 @@ class UnitSet:
     on_removed: Callable[[nn.Module, list[int]], None] | None = None
     kind: str = "channel"  # "channel" | "head" | "neuron": what a unit is, for reports
     root_name: str = ""  # module name of ``root`` (defaults to ``name``)
+    _numel: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.dead is None:
@@ -166,12 +174,7 @@ class UnitSet:
         """Slices a force acts on. ``include``: ``"all"`` (every coupled slice),
         ``"producers"`` (producer weights, biases and norm entries) or ``"weights"``
         (producer conv/linear weights only, as ETP's official code)."""
-        roles = {
-            "all": (PRODUCER_WEIGHT, PRODUCER_OTHER, CONSUMER),
-            "producers": (PRODUCER_WEIGHT, PRODUCER_OTHER),
-            "weights": (PRODUCER_WEIGHT,),
-        }[include]
-        return [s for s in self.slices if s.role in roles]
+        return [s for s in self.slices if s.role in INCLUDE_ROLES[include]]
 
     def unit_sums(self, include: str, power: int) -> torch.Tensor:
         """Differentiable ``(G,)`` tensor: sum over each unit's elements of ``|w|**power``."""
@@ -186,21 +189,33 @@ class UnitSet:
         return out
 
     def unit_max_abs(self, include: str) -> torch.Tensor:
-        """``(G,)`` tensor: largest absolute element of each unit (no grad)."""
+        """``(G,)`` tensor: largest absolute element of each unit over the slices a force acts on
+        (no grad; 0 for a unit with no such element)."""
+        return self.max_abs(*INCLUDE_ROLES[include])
+
+    def max_abs(self, *roles: str) -> torch.Tensor:
+        """``(G,)`` tensor: largest absolute element of each unit over its slices of these roles."""
         with torch.no_grad():
             out = torch.zeros(self.size)
-            for s in self.select(include):
-                m = s.position_max_abs().float().cpu()
-                out = torch.maximum(out, torch.zeros(self.size).scatter_reduce(0, s.unit.cpu(), m, "amax"))
+            for s in self.slices:
+                if s.role in roles:
+                    m = s.position_max_abs().float().cpu()
+                    out = torch.maximum(out, torch.zeros(self.size).scatter_reduce(0, s.unit.cpu(), m, "amax"))
             return out
 
+    def has_role(self, role: str) -> bool:
+        return any(s.role == role for s in self.slices)
+
     def numel(self, include: str) -> torch.Tensor:
-        """``(G,)`` tensor: number of elements each unit has in the selected slices."""
-        n = torch.zeros(self.size)
-        for s in self.select(include):
-            per_pos = s.elements().shape[1]
-            n.index_add_(0, s.unit.cpu(), torch.full((len(s.unit),), float(per_pos)))
-        return n
+        """``(G,)`` tensor: number of elements each unit has in the selected slices (cached: the
+        shapes of a unit set never change; a removal builds new unit sets)."""
+        if include not in self._numel:
+            n = torch.zeros(self.size)
+            for s in self.select(include):
+                per_pos = s.elements().shape[1]
+                n.index_add_(0, s.unit.cpu(), torch.full((len(s.unit),), float(per_pos)))
+            self._numel[include] = n
+        return self._numel[include]
 
     def zero_(self, units: torch.Tensor, include: str, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Zero the selected slices of ``units`` ((G,) bool) in the parameters and, if given,
@@ -267,13 +282,10 @@ def find_output_layers(model: nn.Module, example_inputs) -> list[nn.Module]:
         for m in model.modules()
         if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
     ]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             outputs = run_model(model, example_inputs)
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     heads = []
@@ -281,26 +293,6 @@ def find_output_layers(model: nn.Module, example_inputs) -> list[nn.Module]:
         if id(t) in produced:
             heads.append(produced[id(t)])
     return heads
-
-
-def flatten_tensors(obj) -> list[torch.Tensor]:
-    """All tensors inside nested tuples/lists/dicts/ModelOutputs, in order."""
-    if torch.is_tensor(obj):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in flatten_tensors(v)]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in flatten_tensors(v)]
-    return []
-
-
-def run_model(model: nn.Module, example_inputs):
-    """Call ``model`` on example inputs given as a tensor, a tuple/list of args or a dict of kwargs."""
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    if isinstance(example_inputs, (list, tuple)):
-        return model(*example_inputs)
-    return model(example_inputs)
 
 
 #: Unit providers: ``provider(model, names) -> (unit_sets, claimed_modules)``. They define unit
@@ -341,18 +333,15 @@ def build_unit_sets(
     if ignore_output_layers:
         ignored += heads
     ignored_all = [sub for m in ignored for sub in m.modules()]
-    was_training = model.training
-    model.eval()
     try:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+        with eval_mode(model):
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
     except Exception as exc:  # torch-pruning raises many kinds; name the cause and the fix
         raise ForcePruneError(
             f"could not trace the model with the given example_inputs ({type(exc).__name__}: {exc}). "
             "Pass example_inputs that the model accepts: a tensor, a tuple of positional args, "
             "or a dict of keyword args, e.g. torch.randn(1, 3, 32, 32)."
         ) from exc
-    finally:
-        model.train(was_training)
     names = {m: n for n, m in model.named_modules()}
     unit_sets: list[UnitSet] = []
     claimed: set[int] = set()

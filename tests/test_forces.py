@@ -23,7 +23,7 @@ def test_etp_paper_distance_norm_uses_lambda_exp_s_over_g():
 
 
 def test_official_preset_matches_1_01_pow_500_over_c():
-    pruner_force = fp.ForcePruner._resolve_force("etp-official", {})[0]
+    pruner_force = fp.forces.resolve("etp-official")[0]
     c = 64
     expected = [(1.01 ** (500 / c)) ** i for i in range(c)]
     assert pruner_force.profile(c).tolist() == pytest.approx(expected, rel=1e-3)

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ForcePruneError
 
-class DatasetNotFoundError(FileNotFoundError):
+
+class DatasetNotFoundError(ForcePruneError, FileNotFoundError):
     """A dataset's files are not on disk (and ``download=False``).
 
     The message names the folders and files that were looked for and how to fix it.
     """
 
 
-class ChecksumError(RuntimeError):
+class ChecksumError(ForcePruneError, RuntimeError):
     """A data file's digest differs from the published one (corrupt, truncated or another version).
 
     Attributes: ``path`` (file or URL), ``algorithm`` ("md5"/"sha256"), ``expected``, ``actual``.

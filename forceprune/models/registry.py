@@ -18,6 +18,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch.nn as nn
 
+from ..errors import ForcePruneError
+
 __all__ = [
     "ModelInfo",
     "UnknownModelError",
@@ -43,7 +45,7 @@ class ModelInfo:
 _REGISTRY: Dict[str, ModelInfo] = {}
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(ForcePruneError, KeyError):
     """Raised by :func:`create_model` / :func:`get_model_info` for an unregistered name."""
 
     def __init__(self, name: str, available: Iterable[str]):
