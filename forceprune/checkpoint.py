@@ -1,9 +1,16 @@
-"""Atomic checkpoints that load with ``torch.load(..., weights_only=True)``.
+"""Atomic writes: files, directories, checkpoints and JSON, each in one place.
 
-A checkpoint is a dict of tensors and plain Python types only (RNG states included),
-written to a temporary file in the target directory, fsync'ed, then moved over the old
-file with ``os.replace`` -- so an interruption at any point leaves the previous
-checkpoint intact.
+Everything forceprune writes goes to a temporary name beside its target, is fsync'ed, then
+moved into place with ``os.replace`` -- so an interruption at any point (disk full,
+permission, Ctrl-C) leaves the previous file or directory intact:
+
+* :func:`atomic_path` -- a temporary file path to write by any means (e.g. an exporter);
+* :func:`atomic_write` -- a file written through a file object;
+* :func:`atomic_write_dir` -- a whole directory (a saved pruned model);
+* :func:`save_checkpoint` / :func:`write_json` -- a ``torch.save`` dict / a JSON document.
+
+A checkpoint is a dict of tensors and plain Python types only (RNG states included), so it
+loads with ``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -11,11 +18,40 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, BinaryIO
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 import torch
+
+
+def _temp_beside(path: Path, kind: str) -> Path:
+    """A fresh hidden name beside ``path`` (``.name.<kind>-<pid>-<random>``)."""
+    return path.parent / f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write inside the ``with`` block.
+
+    When the block ends normally the temporary file is fsync'ed and renamed over ``path``;
+    on any exception (including KeyboardInterrupt) it is removed and an existing ``path`` is
+    left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(path, "tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_directory(path.parent)
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
@@ -25,18 +61,48 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     ``path`` is left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+    return path
+
+
+def atomic_write_dir(path: str | Path, write_files: Callable[[Path], None], *, replace: bool = False) -> Path:
+    """Create the directory ``path`` atomically.
+
+    ``write_files(tmp)`` fills a new temporary directory beside ``path`` (fsync'ing what it
+    writes); the directory is fsync'ed and renamed into place. An existing ``path`` is
+    refused with :class:`FileExistsError` unless ``replace=True``; then it is first renamed
+    aside and removed only once the new directory is in place. On any exception (including
+    KeyboardInterrupt) the temporary directory is removed, an existing ``path`` is left as it
+    was, and the exception propagates.
+    """
+    path = Path(path)
+    if not replace and (path.exists() or path.is_symlink()):
+        raise FileExistsError(f"{str(path)!r} already exists")
+    tmp, backup = _temp_beside(path, "tmp"), _temp_beside(path, "old")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(tmp)
+        write_files(tmp)
+        fsync_directory(tmp)
+        if path.exists() or path.is_symlink():
+            os.replace(path, backup)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(backup, path)
+                raise
+        else:
+            os.replace(tmp, path)
+        fsync_directory(path.parent)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_directory(path.parent)
+    if backup.is_dir() and not backup.is_symlink():
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        backup.unlink(missing_ok=True)
     return path
 
 

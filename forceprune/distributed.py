@@ -22,10 +22,14 @@ Plans travel between ranks as JSON bytes in tensors (no pickling).
 """
 from __future__ import annotations
 
+import inspect
 import json
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .optim_state import prune_with_optimizer
 
 __all__ = [
     "is_distributed",
@@ -149,8 +153,6 @@ def prune_in_lockstep(
         if sync_weights:  # BN running stats are rank-local between DDP forwards; folding reads them
             broadcast_parameters(pruner.model, src=0 if src is None else src, group=group)
     if optimizer is not None:
-        from .optim_state import prune_with_optimizer
-
         report = prune_with_optimizer(pruner, optimizer, **prune_kwargs)
     else:
         report = pruner.prune(**prune_kwargs)
@@ -163,10 +165,6 @@ def prune_in_lockstep(
 def rewrap_ddp(ddp, **overrides):
     """A new ``DistributedDataParallel`` around ``ddp.module`` with the same settings (DDP's
     buckets are sized at construction, so it must be rebuilt after removal changed shapes)."""
-    import inspect
-
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     accepted = inspect.signature(DDP.__init__).parameters
     kwargs = {
         "device_ids": getattr(ddp, "device_ids", None) or None,

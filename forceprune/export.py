@@ -3,8 +3,9 @@
     info = fp.export_onnx(model, example_inputs, "model.onnx")   # {"max_abs_diff": ..., ...}
 
 The export runs in eval mode on the example inputs' shapes (fixed shapes). The file is
-written to a temporary name beside ``path``, checked, then renamed into place, so an error
-leaves an existing file untouched; an existing ``path`` is refused unless ``overwrite=True``.
+written to a temporary name beside ``path``, checked, then renamed into place
+(:func:`forceprune.checkpoint.atomic_path`), so an error leaves an existing file untouched;
+an existing ``path`` is refused unless ``overwrite=True``.
 Weights are embedded in the one ``.onnx`` file (no external-data side file).
 
 Requires ``onnx`` (and ``onnxscript`` for the dynamo exporter); the check needs ``onnxruntime``.
@@ -12,15 +13,15 @@ Requires ``onnx`` (and ``onnxscript`` for the dynamo exporter); the check needs 
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from ._torch import eval_mode, flatten_tensors, run_model
+from .checkpoint import atomic_path
 from .errors import ForcePruneError
-from .units import flatten_tensors, run_model
 
 __all__ = ["export_onnx"]
 
@@ -116,11 +117,7 @@ def export_onnx(
     except ImportError as exc:
         raise ForcePruneError("ONNX export needs the onnx package: pip install onnx onnxscript onnxruntime.") from exc
     args, kwargs = _split_inputs(example_inputs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model), atomic_path(path) as tmp:
         with torch.no_grad():
             expected = [t for t in flatten_tensors(run_model(model, example_inputs))]
         order = [dynamo] if dynamo is not None else [True, False]
@@ -146,8 +143,4 @@ def export_onnx(
                     f"the exported ONNX model differs from PyTorch by up to {diff:.3g} (outputs up to {scale:.3g}); "
                     "nothing was written. Try dynamo=False/True or another opset_version."
                 )
-        os.replace(tmp, path)
-    finally:
-        model.train(was)
-        tmp.unlink(missing_ok=True)
     return info

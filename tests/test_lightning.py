@@ -104,6 +104,21 @@ def test_fit_end_removal_and_resume_from_a_pruned_checkpoint(tmp_path):
     assert "on_load_checkpoint" not in module2.__dict__  # the resume hook is gone after restore
 
 
+def test_resume_replays_the_rounds_on_a_submodule_with_ignored_layers(tmp_path):
+    options = dict(beta=0.1, remove_at="fit_end", module="net", ignored_layers=["fc1"])
+    module, cb = TinyModule(), ForcePruneCallback(**options)
+    trainer = _trainer(tmp_path, [cb], max_epochs=1)
+    trainer.fit(module, _loader())
+    assert cb.removed and module.net.fc1.out_features == 16  # ignored: never pruned
+    assert [e["name"] for e in cb.rounds[0]["unit_sets"]] == ["fc2"]
+    assert module.net.fc2.out_features < 12
+    trainer.save_checkpoint(tmp_path / "pruned.ckpt")
+    module2, cb2 = TinyModule(), ForcePruneCallback(**options)
+    _trainer(tmp_path, [cb2], max_epochs=2).fit(module2, _loader(), ckpt_path=str(tmp_path / "pruned.ckpt"))
+    assert cb2.rounds == cb.rounds
+    assert {k: v.shape for k, v in module2.state_dict().items()} == {k: v.shape for k, v in module.state_dict().items()}
+
+
 def test_penalty_gradient_equals_gradient_of_loss_plus_penalty():
     model, x = zoo.build("mlp")
     model.train()

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import forceprune as fp
 from forceprune import plan as P
+from forceprune.plan import store
 from forceprune.models import create_model
 
 import zoo
@@ -146,6 +147,30 @@ def test_plan_without_stored_inputs_needs_example_inputs(tmp_path):
     assert _outputs_equal(model, loaded, x)
 
 
+def test_plan_from_rounds_builds_the_plan_make_plan_writes(tmp_path):
+    model, x, pruner = _pruned("plain_cnn", "weights")  # folding creates conv2.bias
+    rounds = P.rounds_from_history(pruner.history, pruner.unit_sets)
+    plan = P.plan_from_rounds(rounds, model_identity=P.identify_model(model), example_inputs=x[:1])
+    made = P.make_plan(pruner)
+    for key in ("format", "format_version", "versions", "model", "rounds", "example_inputs"):
+        assert plan[key] == made[key], key
+    assert plan["versions"]["forceprune"] == fp.__version__ and plan["weights"] is None
+    assert P.validate_plan(plan, require_weights=False) is plan
+    P.save_pruned(model, plan, tmp_path / "m")
+    loaded, _ = P.load_pruned(tmp_path / "m", model_factory=zoo.PlainCNN)
+    assert _outputs_equal(model, loaded, x)
+    # what a training callback does on resume: replay the rounds it kept on a fresh base model,
+    # recreate the folded biases, then load the checkpoint's weights
+    fresh = zoo.PlainCNN().eval()
+    P.replay_plan(fresh, P.plan_from_rounds(rounds, model_identity=P.identify_model(fresh)), x[:1])
+    assert fresh.conv2.bias is None
+    assert P.ensure_biases(fresh, {k: tuple(v.shape) for k, v in model.state_dict().items()}) == ["conv2.bias"]
+    fresh.load_state_dict(model.state_dict())
+    assert _outputs_equal(model, fresh, x)
+    with pytest.raises(fp.ForcePruneError, match="JSON-serialisable"):
+        P.plan_from_rounds([], model_identity={"source": "registry", "name": "lenet5", "kwargs": {"act": nn.ReLU}})
+
+
 def test_saved_files_hold_no_pickle(tmp_path):
     model, _, pruner = _pruned("mlp")
     P.save_pruned(model, P.make_plan(pruner), tmp_path / "m")
@@ -267,20 +292,20 @@ def test_failed_save_leaves_previous_output_intact(saved, tmp_path, monkeypatch,
     if where == "fsync":
         def fail(fd):
             raise OSError(errno.ENOSPC, "No space left on device")
-        monkeypatch.setattr(P.os, "fsync", fail)
+        monkeypatch.setattr(os, "fsync", fail)
     elif where == "mid_write":
-        real = P._write_file
+        real = store._write_file  # save_pruned writes each file of the new directory through it
 
         def half(file, data):
             if file.name == P.WEIGHTS_FILE:
                 file.write_bytes(data[: len(data) // 2])
                 raise OSError(errno.ENOSPC, "No space left on device")
             real(file, data)
-        monkeypatch.setattr(P, "_write_file", half)
+        monkeypatch.setattr(store, "_write_file", half)
     elif where == "mkdir":
         def denied(*a, **k):
             raise PermissionError(errno.EACCES, "Permission denied")
-        monkeypatch.setattr(P.os, "mkdir", denied)
+        monkeypatch.setattr(os, "mkdir", denied)
     else:
         real_replace = os.replace
 
@@ -288,7 +313,7 @@ def test_failed_save_leaves_previous_output_intact(saved, tmp_path, monkeypatch,
             if ".tmp-" in str(src):  # moving the finished temp dir into place fails
                 raise OSError(errno.EIO, "I/O error")
             return real_replace(src, dst)
-        monkeypatch.setattr(P.os, "replace", flaky)
+        monkeypatch.setattr(os, "replace", flaky)
     with pytest.raises(P.SaveError) as info:
         P.save_pruned(model, plan, path, overwrite=True)
     assert isinstance(info.value, OSError)

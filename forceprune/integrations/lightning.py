@@ -51,6 +51,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
 try:
     import lightning.pytorch as pl
@@ -62,7 +63,10 @@ except ImportError:  # pragma: no cover - the older package name
             "forceprune.integrations.lightning needs PyTorch Lightning: pip install lightning"
         ) from exc
 
+from ..distributed import broadcast_capture_state, is_distributed, prune_in_lockstep, rewrap_ddp
 from ..errors import ForcePruneError
+from ..plan.replay import ensure_biases, replay_plan
+from ..plan.schema import identify_model, plan_from_rounds, rounds_from_history
 from ..pruner import ForcePruner
 
 __all__ = ["ForcePruneCallback"]
@@ -180,8 +184,6 @@ class ForcePruneCallback(pl.Callback):
         state = (checkpoint.get("callbacks") or {}).get(self.state_key)
         if not isinstance(state, dict) or not state.get("rounds"):
             return
-        from ..plan import PLAN_FORMAT, PLAN_FORMAT_VERSION, _ensure_biases, _fp_version, replay_plan
-
         target = self._target(pl_module)
         prefix = f"{self.module}." if self.module else ""
         shapes = {
@@ -193,19 +195,14 @@ class ForcePruneCallback(pl.Callback):
         if all(k in current and tuple(current[k].shape) == s for k, s in shapes.items()):
             return  # already at the checkpoint's shapes
         _, ignored_names = self._ignored(target)
-        plan = {
-            "format": PLAN_FORMAT,
-            "format_version": PLAN_FORMAT_VERSION,
-            "versions": {"forceprune": _fp_version()},
-            "model": {"source": "custom", "class": type(target).__qualname__},
-            "pruner": {
-                "ignored_layers": ignored_names,
-                "ignore_output_layers": bool(self.options.get("ignore_output_layers", True)),
-            },
-            "rounds": state["rounds"],
-        }
+        plan = plan_from_rounds(
+            state["rounds"],
+            model_identity=identify_model(target),
+            ignored_layers=ignored_names,
+            ignore_output_layers=self.options.get("ignore_output_layers", True),
+        )
         replay_plan(target, plan, self._inputs(pl_module))
-        _ensure_biases(target, shapes)
+        ensure_biases(target, shapes)
 
     # -- training --------------------------------------------------------------------------------
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -264,8 +261,6 @@ class ForcePruneCallback(pl.Callback):
     def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if not self._active():
             return
-        from ..distributed import broadcast_capture_state, is_distributed
-
         self.pruner.capture()
         if is_distributed():
             broadcast_capture_state(self.pruner)
@@ -279,16 +274,11 @@ class ForcePruneCallback(pl.Callback):
             self._remove(trainer, pl_module)
 
     def _remove(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        from ..distributed import prune_in_lockstep, rewrap_ddp
-        from ..plan import rounds_from_history
-
         optimizers = list(trainer.optimizers)
         report = prune_in_lockstep(self.pruner, optimizers or None, **self.prune_kwargs)
         self.reports.append(report)
         self.rounds += rounds_from_history([report], self.pruner.unit_sets)
         self.removed = True
-        from torch.nn.parallel import DistributedDataParallel
-
         wrapped = trainer.strategy.model
         if isinstance(wrapped, DistributedDataParallel):
             trainer.strategy.model = rewrap_ddp(wrapped)
