@@ -13,6 +13,8 @@ from forceprune.metrics import functional_macs
 transformers = pytest.importorskip("transformers")
 from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
+from forceprune.integrations.transformers import record_pruning  # noqa: E402
+
 warnings.filterwarnings("ignore", message=".*No positional inputs.*")
 
 
@@ -175,6 +177,8 @@ def test_bert_zero_heads_and_neurons_removed_unevenly_outputs_unchanged(attn):
     assert (sa1.num_attention_heads, sa1.all_head_size) == (3, 24)
     assert sa0.query.weight.shape == sa0.key.weight.shape == sa0.value.weight.shape == (16, 32)
     assert model.bert.encoder.layer[0].attention.output.dense.weight.shape == (32, 16)
+    assert getattr(model.config, "forceprune", None) is None  # layouts do surgery only; the record is HF's
+    record_pruning(model, report)
     assert model.config.forceprune == {
         "kept_heads": {"encoder.layer.0.attention": [0, 3], "encoder.layer.1.attention": [0, 1, 2]},
         "intermediate_size": {"encoder.layer.1": 22},
@@ -182,8 +186,9 @@ def test_bert_zero_heads_and_neurons_removed_unevenly_outputs_unchanged(attn):
     # a second round composes the recorded original head indices
     pruner2 = fp.ForcePruner(model, ex)
     _zero_heads(_by_name(pruner2)["bert.encoder.layer.0.attention"], [0])
-    _, err = _prune_and_compare(model, pruner2, calib)
+    report2, err = _prune_and_compare(model, pruner2, calib)
     assert err < 1e-5
+    record_pruning(model, report2)
     assert model.config.forceprune["kept_heads"]["encoder.layer.0.attention"] == [3]
 
 
@@ -200,10 +205,12 @@ def test_distilbert_heads_and_neurons():
     assert sets["distilbert.transformer.layer.0.ffn.lin1"].kind == "neuron"
     _zero_heads(sets["distilbert.transformer.layer.0.attention"], [0, 1])
     _zero_heads(sets["distilbert.transformer.layer.1.ffn.lin1"], range(20))
-    _, err = _prune_and_compare(model, pruner, {"input_ids": ids})
+    report, err = _prune_and_compare(model, pruner, {"input_ids": ids})
     assert err < 1e-5
     assert model.distilbert.transformer.layer[0].attention.n_heads == 2
+    record_pruning(model, report)
     assert model.config.forceprune["kept_heads"] == {"transformer.layer.0.attention": [2, 3]}
+    assert model.config.forceprune["intermediate_size"] == {"transformer.layer.1.ffn": 17}
 
 
 def test_bert_head_with_zero_weights_but_live_biases_is_folded():
@@ -422,7 +429,7 @@ def test_unrecognised_attention_is_left_alone_with_a_message_and_can_be_register
         _, err = _prune_and_compare(model, pruner, x)
         assert err < 1e-5 and model.attn.n_heads == 1 and model.attn.a.out_features == 8
     finally:
-        A._ATTENTION_LAYOUTS.remove(layout)
+        A.unregister_attention_layout(layout)
 
 
 def test_squeeze_excitation_named_attention_is_not_flagged():

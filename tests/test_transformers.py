@@ -13,7 +13,13 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments  # noqa: E402
 
-from forceprune.integrations.transformers import ForcePruneCallback, ForcePruneLossMixin, load_pruned  # noqa: E402
+from forceprune.integrations.transformers import (  # noqa: E402
+    ForcePruneCallback,
+    ForcePruneLossMixin,
+    load_pruned_pretrained,
+    record_pruning,
+    save_pruned_pretrained,
+)
 
 warnings.filterwarnings("ignore", message=".*No positional inputs.*")
 
@@ -140,17 +146,17 @@ def _pruned_bert():
         mask[units] = True
         sets[name].zero_(mask, "all")
     pruner.prune()
-    return model
+    return model, pruner
 
 
 def test_save_and_reload_pruned_model_gives_identical_outputs(tmp_path):
-    model = _pruned_bert()
+    model, pruner = _pruned_bert()
     assert list(A.heads_per_layer(model).values()) == [2, 3]
-    model.save_pretrained(str(tmp_path / "m"))
+    save_pruned_pretrained(model, tmp_path / "m", pruner.history)
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["forceprune"]["kept_heads"] == {"encoder.layer.0.attention": [1, 2], "encoder.layer.1.attention": [0, 2, 3]}
     assert cfg["forceprune"]["intermediate_size"] == {"encoder.layer.0": 20}
-    reloaded = load_pruned(tmp_path / "m")
+    reloaded = load_pruned_pretrained(tmp_path / "m")
     assert type(reloaded) is BertForSequenceClassification
     assert A.heads_per_layer(reloaded) == A.heads_per_layer(model)
     assert A.ffn_per_layer(reloaded) == A.ffn_per_layer(model)
@@ -162,26 +168,70 @@ def test_save_and_reload_pruned_model_gives_identical_outputs(tmp_path):
         b = reloaded(input_ids=ids, attention_mask=mask).logits
     assert torch.equal(a, b)
     # an Auto class works too, and the reloaded model can be pruned further
-    auto = load_pruned(tmp_path / "m", model_class=transformers.AutoModelForSequenceClassification)
+    auto = load_pruned_pretrained(tmp_path / "m", model_class=transformers.AutoModelForSequenceClassification)
     assert A.heads_per_layer(auto) == A.heads_per_layer(model)
     p = fp.ForcePruner(auto, {"input_ids": ids[:1]})
     assert {us.name: us.size for us in p.unit_sets}["bert.encoder.layer.1.attention"] == 3
 
 
-def test_from_pretrained_cannot_and_load_pruned_can(tmp_path):
-    model = _pruned_bert()
-    model.save_pretrained(str(tmp_path / "m"))
+def test_from_pretrained_cannot_and_load_pruned_pretrained_can(tmp_path):
+    model, pruner = _pruned_bert()
+    save_pruned_pretrained(model, tmp_path / "m", pruner.history)
     with pytest.raises(Exception):
         BertForSequenceClassification.from_pretrained(str(tmp_path / "m"))
-    load_pruned(tmp_path / "m")
+    load_pruned_pretrained(tmp_path / "m")
 
 
-def test_load_pruned_bad_paths(tmp_path):
+def test_heads_kept_over_two_prune_rounds_compose_in_the_saved_record(tmp_path):
+    model, pruner = _pruned_bert()  # round 1: layer 0 keeps heads [1, 2], layer 1 keeps [0, 2, 3]
+    save_pruned_pretrained(model, tmp_path / "one", pruner.history)
+    sets = {us.name: us for us in pruner.unit_sets}
+    for name, units in (("bert.encoder.layer.0.attention", [0]), ("bert.encoder.layer.1.attention", [1])):
+        mask = torch.zeros(sets[name].size, dtype=torch.bool)
+        mask[units] = True
+        sets[name].zero_(mask, "all")
+    pruner.prune()  # round 2 removes current head 0 of layer 0 (base head 1), current head 1 of layer 1 (base 2)
+    # the whole history again: round 1, already in the record, is not applied twice
+    save_pruned_pretrained(model, tmp_path / "two", pruner.history)
+    save_pruned_pretrained(model, tmp_path / "two", pruner.history)  # saving twice changes nothing
+    cfg = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert cfg["forceprune"]["kept_heads"] == {"encoder.layer.0.attention": [2], "encoder.layer.1.attention": [0, 3]}
+    assert cfg["forceprune"]["intermediate_size"] == {"encoder.layer.0": 20}
+    first = json.loads((tmp_path / "one" / "config.json").read_text())["forceprune"]["kept_heads"]
+    assert first == {"encoder.layer.0.attention": [1, 2], "encoder.layer.1.attention": [0, 2, 3]}
+    reloaded = load_pruned_pretrained(tmp_path / "two")
+    assert A.heads_per_layer(reloaded) == {"bert.encoder.layer.0.attention": 1, "bert.encoder.layer.1.attention": 2}
+    ids = TinyText().ids[:4]
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, reloaded(input_ids=ids).logits)
+
+
+def test_the_callback_records_what_it_removed_for_save_model(tmp_path):
+    model = tiny_bert()
+    cb = ForcePruneCallback(force="etp", beta=0.05, pivot="ranked", verbose=False)
+    trainer = Trainer(model=model, args=_args(tmp_path, max_steps=8, learning_rate=2e-2, lr_scheduler_type="constant"),
+                      train_dataset=TinyText(), callbacks=[cb])
+    trainer.train()
+    trainer.save_model(str(tmp_path / "saved"))
+    rec = json.loads((tmp_path / "saved" / "config.json").read_text())["forceprune"]
+    heads = {n.removeprefix("bert."): h for n, h in A.heads_per_layer(model).items() if h < 4}
+    ffn = {n.removeprefix("bert.").removesuffix(".intermediate.dense"): w for n, w in A.ffn_per_layer(model).items() if w < 37}
+    assert heads or ffn  # the callback removed something
+    assert {n: len(k) for n, k in rec.get("kept_heads", {}).items()} == heads
+    assert rec.get("intermediate_size", {}) == ffn
+    report = json.loads((tmp_path / "out" / "forceprune_report.json").read_text())
+    assert report["kept"] == cb.report.kept
+    assert record_pruning(model, cb.report) == rec  # already recorded: recording again changes nothing
+    reloaded = load_pruned_pretrained(tmp_path / "saved")
+    assert A.heads_per_layer(reloaded) == A.heads_per_layer(model)
+
+
+def test_load_pruned_pretrained_bad_paths(tmp_path):
     with pytest.raises(ForcePruneError, match="no config.json"):
-        load_pruned(tmp_path / "missing")
+        load_pruned_pretrained(tmp_path / "missing")
     tiny_bert().config.save_pretrained(str(tmp_path / "cfg_only"))
     with pytest.raises(ForcePruneError, match="model.safetensors"):
-        load_pruned(tmp_path / "cfg_only")
+        load_pruned_pretrained(tmp_path / "cfg_only")
 
 
 def test_trainer_callback_prox_mode_zeroes_units_without_touching_the_loss(tmp_path):

@@ -5,7 +5,7 @@
     trainer = Trainer(model=model, args=args, ..., callbacks=[pruning])           # 3 (callbacks=)
     trainer.train()      # penalty in the loss, capture every step, removal at the end
     print(pruning.report)                       # what was removed; trainer.save_model() saves it
-    model = load_pruned(saved_dir)              # rebuild the pruned model later
+    model = load_pruned_pretrained(saved_dir)   # rebuild the pruned model later
 
 How the penalty enters the loss
 -------------------------------
@@ -33,25 +33,59 @@ Trainer)``) adds the penalty in ``compute_loss`` instead.
 
 Capture runs at ``on_step_end`` (once per optimizer step, after ``optimizer.step()``: captured
 units are re-zeroed with their Adam moments); removal at ``on_train_end``
-(``prune_at_end=True``), after any best-model reload. A pruned model's config records its
-kept heads and FFN widths per layer (``config.forceprune``); :func:`load_pruned` rebuilds it.
+(``prune_at_end=True``), after any best-model reload.
+
+Saving and reloading
+--------------------
+``from_pretrained`` cannot rebuild a pruned model (its config holds one head count and one
+FFN width for all layers), so this module owns a small record in the config,
+``config.forceprune`` = ``{"kept_heads": {attention module: original head indices},
+"intermediate_size": {FFN block: width}}`` (names relative to the base model), and the
+loader that uses it:
+
+* the callback records what it removed at ``on_train_end``, so ``trainer.save_model()``
+  saves the record;
+* after your own ``report = pruner.prune()``, call :func:`record_pruning` (``model,
+  report``) before ``save_pretrained``, or save with :func:`save_pruned_pretrained`
+  (``model, path, pruner.history``), which records and saves;
+* :func:`load_pruned_pretrained` rebuilds the model from the saved folder.
+
+Heads kept over several ``prune()`` rounds compose: the record always holds indices of the
+base model's heads.
 """
 from __future__ import annotations
 
 import functools
 import json
 import os
+import weakref
 from pathlib import Path
+from typing import Iterable
 
 import torch
 import torch.nn as nn
 from transformers import TrainerCallback
 
-from ..attention import CONFIG_KEY, heads_per_layer, ffn_per_layer, shrink_to_state_dict
+from .._torch import model_device, to_device
+from ..attention.rebuild import ffn_blocks, ffn_per_layer, heads_per_layer, shrink_to_state_dict
+from ..checkpoint import write_json
 from ..errors import ForcePruneError
 from ..pruner import ForcePruner
+from ..report import PruneReport
 
-__all__ = ["ForcePruneCallback", "ForcePruneLossMixin", "load_pruned", "example_inputs_from_loader"]
+__all__ = [
+    "ForcePruneCallback",
+    "ForcePruneLossMixin",
+    "CONFIG_KEY",
+    "record_pruning",
+    "save_pruned_pretrained",
+    "load_pruned_pretrained",
+    "example_inputs_from_loader",
+]
+
+#: ``model.config.<CONFIG_KEY>``: what removal kept (``kept_heads``, ``intermediate_size`` per
+#: module name relative to the base model), so that a saved pruned model can be rebuilt.
+CONFIG_KEY = "forceprune"
 
 _NON_INPUT_KEYS = {"labels", "label", "label_ids", "num_items_in_batch"}
 
@@ -72,17 +106,14 @@ def example_inputs_from_loader(loader, model: nn.Module, max_length: int | None 
             "attention_mask=...) to ForcePruneCallback."
         )
     batch = collate([dataset[0]])
-    device = next(model.parameters()).device
     out = {}
     for k, v in dict(batch).items():
         if k in _NON_INPUT_KEYS or not torch.is_tensor(v):
             continue
-        if max_length is not None and v.dim() >= 2:
-            v = v[:, :max_length]
-        out[k] = v.to(device)
+        out[k] = v[:, :max_length] if max_length is not None and v.dim() >= 2 else v
     if not out:
         raise ForcePruneError("the training batches hold no tensor inputs; pass example_inputs to ForcePruneCallback.")
-    return out
+    return to_device(out, model_device(model))
 
 
 class ForcePruneCallback(TrainerCallback):
@@ -224,12 +255,11 @@ class ForcePruneCallback(TrainerCallback):
             return
         self.pruner.capture()
         self.report = self.pruner.prune()
+        record_pruning(self.pruner.model, self.report)  # so that trainer.save_model() saves the record
         if self.verbose:
             print(self.report.table())
         if getattr(args, "output_dir", None) and getattr(args, "should_save", True):
-            os.makedirs(args.output_dir, exist_ok=True)
-            with open(os.path.join(args.output_dir, "forceprune_report.json"), "w") as f:
-                json.dump(self.report.to_dict(), f, indent=1)
+            write_json(self.report.to_dict(), os.path.join(args.output_dir, "forceprune_report.json"))
 
 
 class ForcePruneLossMixin:
@@ -256,8 +286,82 @@ class ForcePruneLossMixin:
 
 
 # ---------------------------------------------------------------------------------------------
-# save / reload
+# the save record, save / reload
 # ---------------------------------------------------------------------------------------------
+#: per model, the reports already in its record (a report is recorded once however often it is passed)
+_RECORDED: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
+
+
+def _relative(model: nn.Module, name: str) -> str:
+    """``name`` without the model's ``base_model_prefix`` (``bert.encoder...`` -> ``encoder...``)."""
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    return name[len(prefix) + 1 :] if prefix and name.startswith(prefix + ".") else name
+
+
+def _rows_and_kept(report) -> tuple[list[dict], dict]:
+    if isinstance(report, dict):  # PruneReport.to_dict() or a baseline's report dict
+        return report.get("layers") or [], report.get("kept") or {}
+    return report.layers, report.kept
+
+
+def record_pruning(model: nn.Module, reports: PruneReport | dict | Iterable[PruneReport | dict]) -> dict:
+    """Add what ``reports`` removed from ``model`` to ``model.config.forceprune``; returns the record.
+
+    ``reports``: one :class:`~forceprune.PruneReport` (or its ``to_dict()``), or several in the
+    order the rounds ran (e.g. ``pruner.history``). For every mapped attention module that lost
+    heads the record keeps the indices of the *base model's* heads still there (composing with
+    what earlier rounds recorded); for every feed-forward block that lost neurons, its width.
+    A report already recorded for this model is skipped, so passing a pruner's whole history
+    again after more rounds is safe. Models without a Hugging Face-style config get no record.
+    """
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "to_dict"):
+        return {}
+    if isinstance(reports, (PruneReport, dict)):
+        reports = [reports]
+    done = _RECORDED.setdefault(model, [])
+    heads, blocks = heads_per_layer(model), ffn_blocks(model)
+    rec = {key: dict(sub) for key, sub in (getattr(cfg, CONFIG_KEY, None) or {}).items()}
+    changed = False
+    for report in reports:
+        if any(report is r for r in done):
+            continue
+        done.append(report)
+        rows, kept_sets = _rows_and_kept(report)
+        for row in rows:
+            name, kept = row["name"], kept_sets.get(row["name"])
+            if kept is None or len(kept) >= row["width_before"]:
+                continue  # nothing removed from this unit set
+            if name in heads:
+                key, before = _relative(model, name), row["width_before"]
+                prev = rec.get("kept_heads", {}).get(key) or list(range(before))
+                if len(prev) != before:
+                    prev = list(range(before))
+                rec.setdefault("kept_heads", {})[key] = [int(prev[i]) for i in kept]
+                changed = True
+            elif name in blocks:
+                rec.setdefault("intermediate_size", {})[_relative(model, blocks[name])] = len(kept)
+                changed = True
+    if changed:
+        setattr(cfg, CONFIG_KEY, rec)
+    return dict(getattr(cfg, CONFIG_KEY, None) or {})
+
+
+def save_pruned_pretrained(
+    model: nn.Module, path, reports: PruneReport | dict | Iterable[PruneReport | dict] = (), **save_kwargs
+) -> Path:
+    """:func:`record_pruning` (``model``, ``reports``), then ``model.save_pretrained(path,
+    **save_kwargs)``; :func:`load_pruned_pretrained` rebuilds the saved model. Returns ``path``."""
+    if not hasattr(model, "save_pretrained"):
+        raise ForcePruneError(
+            f"{type(model).__name__} has no save_pretrained(); save a plain PyTorch model with "
+            "forceprune.plan.save_pruned(model, forceprune.plan.make_plan(pruner), path)."
+        )
+    record_pruning(model, reports)
+    model.save_pretrained(str(path), **save_kwargs)
+    return Path(path)
+
+
 def _read_state_dict(path: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -277,8 +381,9 @@ def _read_state_dict(path: Path) -> dict:
     raise ForcePruneError(f"{path} holds no model.safetensors(.index.json) or pytorch_model.bin; save it with save_pretrained().")
 
 
-def load_pruned(path, model_class=None, **config_overrides) -> nn.Module:
-    """Rebuild a pruned Hugging Face model saved with ``save_pretrained`` (or ``trainer.save_model``).
+def load_pruned_pretrained(path, model_class=None, **config_overrides) -> nn.Module:
+    """Rebuild a pruned Hugging Face model saved with ``save_pretrained`` (or ``trainer.save_model``,
+    or :func:`save_pruned_pretrained`).
 
     ``from_pretrained`` cannot: the config holds one head count and one FFN width for every
     layer. This builds the model from its config (``model_class`` or ``config.architectures[0]``),
@@ -316,16 +421,12 @@ def load_pruned(path, model_class=None, **config_overrides) -> nn.Module:
 
 
 def _check_record(model: nn.Module, rec: dict) -> None:
-    prefix = getattr(model, "base_model_prefix", "") or ""
-
-    def rel(n: str) -> str:
-        return n[len(prefix) + 1 :] if prefix and n.startswith(prefix + ".") else n
-
-    heads = {rel(n): h for n, h in heads_per_layer(model).items()}
+    heads = {_relative(model, n): h for n, h in heads_per_layer(model).items()}
     for name, kept in (rec.get("kept_heads") or {}).items():
         if name in heads and heads[name] != len(kept):
             raise ForcePruneError(f"{name}: the weights hold {heads[name]} heads but config.forceprune records {len(kept)}.")
-    ffn = {rel(n).rsplit(".intermediate.dense", 1)[0]: w for n, w in ffn_per_layer(model).items()}
+    widths = ffn_per_layer(model)
+    ffn = {_relative(model, block): widths[up] for up, block in ffn_blocks(model).items()}
     for name, width in (rec.get("intermediate_size") or {}).items():
         if name in ffn and ffn[name] != width:
             raise ForcePruneError(f"{name}: the weights hold {ffn[name]} FFN neurons but config.forceprune records {width}.")
