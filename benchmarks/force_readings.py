@@ -16,11 +16,12 @@ Writes benchmarks/results/force_readings.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from forceprune.checkpoint import atomic_write, write_json
 
 #: Strengths are set per law so that each zeroes a comparable share of units (gravity's L1 masses
 #: make it ~10x stronger than the L2 laws at equal beta); readings of one law share their beta.
@@ -48,20 +49,18 @@ def tail_fraction(zero: list[bool]) -> float:
 
 
 def run(name: str, force: str, options: dict, args) -> dict:
-    from forceprune.config import RunConfig
-    from forceprune.runner import build_model, build_pruner, open_session
-    from forceprune.train import Phase, Trainer, evaluate
+    from forceprune.runs import VisionConfig, evaluate
+    from forceprune.runs.pipeline import Run, train_stage
+    from forceprune.runs.vision import VisionTask
 
-    config = RunConfig(model="lenet5", dataset="mnist", force=force, force_options=options, data_dir=args.data_dir,
-                       epochs=args.epochs, train_subset=args.subset, seed=0, output_dir=tempfile.mkdtemp())
-    session = open_session(config, Path(config.output_dir), progress=False)
-    model, channels_last = build_model(session)
-    pruner = build_pruner(model, session)
-    Trainer(model, Phase.from_config(config, "force"), config, session.train_loader, session.test_loader,
-            device=session.device, channels_last=channels_last, pruner=pruner, progress=False).fit()
+    config = VisionConfig(model="lenet5", dataset="mnist", force=force, force_options=options, data_dir=args.data_dir,
+                          epochs=args.epochs, train_subset=args.subset, seed=0, output_dir=tempfile.mkdtemp())
+    task = VisionTask(config)
+    trained = train_stage(task, Run(Path(config.output_dir), progress=False, checkpoints=False))
+    pruner = trained.method
     field = pruner.force_field()
-    acc = evaluate(model, session.test_loader, session.device, channels_last)
-    report = pruner.prune(calibration_inputs=session.calibration)
+    acc = evaluate(trained.model, task.eval_batches, task.objective).accuracy
+    report = pruner.prune(calibration_inputs=task.calibration_inputs)
     return {
         "reading": name, "force": force, "options": options, "acc_before_removal": acc,
         "layers": {f["name"]: {"size": f["size"], "zero": sum(f["zero"]), "tail": tail_fraction(f["zero"]),
@@ -104,9 +103,9 @@ def main(argv=None) -> int:
         rows.append(run(name, force, options, args))
         print(f"{name}: {[(k, v['zero'], v['tail']) for k, v in rows[-1]['layers'].items()]}", flush=True)
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "force_readings.json").write_text(json.dumps(rows, indent=1))
-    (out / "force_readings.md").write_text(markdown(rows, args))
+    write_json(rows, out / "force_readings.json")
+    text = markdown(rows, args)
+    atomic_write(out / "force_readings.md", lambda handle: handle.write(text.encode("utf-8")))
     print(markdown(rows, args))
     return 0
 

@@ -1,6 +1,6 @@
 """MiniLM-L6 on SST-2: dense fine-tuning vs ETP vs linear torque vs torch-pruning group norm,
 an accuracy/MACs curve at matched MACs, on a stated CPU budget (the protocol is in
-:mod:`forceprune.text.bench`; ``forceprune bench sst2`` runs the defaults).
+:mod:`benchmarks.sst2_suite`; ``forceprune bench sst2`` runs the defaults).
 
     python benchmarks/sst2.py                       # 3 levels, ~45 min on 2 CPU cores
     python benchmarks/sst2.py --levels 0.5          # one level, ~15 min
@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from forceprune.text.bench import METHODS, run_suite  # noqa: E402
+from benchmarks.sst2_suite import METHODS, run_suite  # noqa: E402
 
 
 def main(argv=None) -> dict:

@@ -1,15 +1,24 @@
-"""Torch-Pruning's methods in forceprune's pruner slot, for side-by-side benchmarks.
+"""Torch-Pruning's methods in forceprune's method slot, for side-by-side comparisons.
 
-* ``"tp_l1"``: magnitude pruning — L1 norm of each channel group
-  (``tp.importance.MagnitudeImportance(p=1)``), no regularisation during training.
-* ``"tp_group_norm"``: DepGraph's group sparse learning — ``tp.pruner.GroupNormPruner``, whose
-  ``regularize(model)`` edits gradients after ``backward()`` and whose regulariser is updated
-  once per epoch, as in Torch-Pruning's ``reproduce/main.py``.
+A *method* is what the training loop (:class:`forceprune.runs.loop.Trainer`) and the run
+pipeline drive: ``penalty()``, ``step()``, ``capture()`` (epoch end), ``attach_optimizer()``,
+``summary()``, ``force_field()``, ``state_dict()`` and, after training, ``prune()`` returning a
+:class:`~forceprune.PruneReport`. :class:`~forceprune.ForcePruner` is one; these are the others.
 
-Both remove channels with Torch-Pruning's own progressive loop: global pruning in many small
-steps until the MACs target is met (``prune_to``). This module only adapts their calling
-conventions to our ``Trainer`` (``penalty``/``after_backward``/``step``/``capture``); the
-methods themselves are Torch-Pruning's, unchanged.
+* :class:`TorchPruningMethod` (``"tp_l1"``, ``"tp_group_norm"``): magnitude pruning (L1 norm
+  of each channel group, ``tp.importance.MagnitudeImportance(p=1)``, no regularisation) or
+  DepGraph's group sparse learning (``tp.pruner.GroupNormPruner``, whose ``regularize(model)``
+  edits gradients after ``backward()`` and whose regulariser is updated once per epoch, as in
+  Torch-Pruning's ``reproduce/main.py``); removal with Torch-Pruning's own progressive loop:
+  global pruning in many small steps until the MACs target is met.
+* :class:`GroupNormWidths` (``force = "tp-group-norm"`` in a run config): no regularisation;
+  after training, keep in each unit set the units with the largest Torch-Pruning
+  ``GroupMagnitudeImportance`` (group L2 norm over every coupled layer, summed over a head's
+  channels) down to given widths -- forceprune's unit sets, so heads and FFN neurons of
+  transformers too, and the same surgery as the force methods.
+
+The methods themselves are Torch-Pruning's, unchanged; this module adapts their calling
+conventions.
 """
 from __future__ import annotations
 
@@ -19,29 +28,67 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ._torch import eval_mode, model_device
 from .errors import ForcePruneError
 from .metrics import count_macs_params
+from .removal import RemovalPlan, remove
+from .report import PruneReport
+from .units import build_unit_sets
 
 METHODS = ("tp_l1", "tp_group_norm")
+GROUP_NORM = "tp-group-norm"
 
 
-class TorchPruningMethod:
+class _NoForce:
+    """The training-loop verbs of a method that adds no force and captures nothing."""
+
+    model: nn.Module
+
+    def penalty(self) -> torch.Tensor:
+        return torch.zeros((), device=model_device(self.model))
+
+    def proximal_step(self, lr: float | None = None) -> None:
+        pass
+
+    def step(self) -> None:
+        pass
+
+    def capture(self) -> int:
+        return 0
+
+    def attach_optimizer(self, optimizer) -> None:
+        pass
+
+    def force_field(self) -> list:
+        return []
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class TorchPruningMethod(_NoForce):
     """A Torch-Pruning pruner with the interface our training loop calls.
 
     Args:
         model, example_inputs: as for ``ForcePruner`` (a batch of one for MACs per sample).
         method: ``"tp_l1"`` or ``"tp_group_norm"``.
+        target_macs: the fraction of the dense MACs :meth:`prune` removes down to.
         ignored_layers: layers never pruned (the classifier).
         reg: group-norm regularisation strength (Torch-Pruning's reproduce default, 5e-4).
         iterative_steps: granularity of the progressive removal loop.
     """
 
-    def __init__(self, model: nn.Module, example_inputs, method: str = "tp_group_norm",
+    def __init__(self, model: nn.Module, example_inputs, method: str = "tp_group_norm", target_macs: float = 0.5,
                  ignored_layers: Sequence[nn.Module] = (), reg: float = 5e-4, iterative_steps: int = 400,
                  regularize: bool = True):
         if method not in METHODS:
             raise ForcePruneError(f"unknown torch-pruning method {method!r}; choose one of {METHODS}.")
-        self.model, self.example_inputs, self.method = model, example_inputs, method
+        if not 0 < target_macs < 1:
+            raise ForcePruneError(f"target_macs must be in (0, 1), got {target_macs!r}.")
+        self.model, self.example_inputs, self.method, self.target_macs = model, example_inputs, method, target_macs
         self.regularize = regularize and method == "tp_group_norm"
         importance = tp.importance.GroupMagnitudeImportance(p=2) if method == "tp_group_norm" \
             else tp.importance.MagnitudeImportance(p=1)
@@ -52,16 +99,9 @@ class TorchPruningMethod:
                              ignored_layers=list(ignored_layers), **kwargs)
         self.macs_dense, self.params_dense = count_macs_params(model, example_inputs)
 
-    # -- the training-loop interface -------------------------------------------------------
-    def penalty(self) -> torch.Tensor:
-        return torch.zeros((), device=next(self.model.parameters()).device)
-
     def after_backward(self) -> None:
         if self.regularize:
             self.tp_pruner.regularize(self.model)
-
-    def step(self) -> None:
-        pass
 
     def capture(self) -> int:
         """Called at each epoch end: update the regulariser (Torch-Pruning's per-epoch call)."""
@@ -69,37 +109,74 @@ class TorchPruningMethod:
             self.tp_pruner.update_regularizer()
         return 0
 
-    def attach_optimizer(self, optimizer) -> None:
-        pass
-
-    def force_field(self) -> list:
-        return []
-
     def summary(self) -> dict:
         macs, params = count_macs_params(self.model, self.example_inputs)
         return {"units_total": 0, "units_zero": 0, "macs_dense": self.macs_dense, "params_dense": self.params_dense,
                 "macs_if_pruned": macs, "params_if_pruned": params}
 
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-    # -- removal -----------------------------------------------------------------------------
-    def prune_to(self, target_macs: float) -> dict:
+    def prune(self, widths=None, tolerance: float = 0.0, calibration_inputs=None) -> PruneReport:
         """Remove channels progressively (global ranking) until MACs <= ``target_macs`` x dense."""
-        macs = self.macs_dense
-        steps = 0
-        was = self.model.training
-        self.model.eval()
-        try:
-            while macs > target_macs * self.macs_dense and steps < self.tp_pruner.iterative_steps:
+        if widths is not None:
+            raise ForcePruneError(f"{self.method} prunes to target_macs with Torch-Pruning's own loop; it takes no widths.")
+        macs, steps = self.macs_dense, 0
+        with eval_mode(self.model):
+            while macs > self.target_macs * self.macs_dense and steps < self.tp_pruner.iterative_steps:
                 self.tp_pruner.step()
                 steps += 1
-                macs, params = count_macs_params(self.model, self.example_inputs)
-        finally:
-            self.model.train(was)
+                macs, _ = count_macs_params(self.model, self.example_inputs)
         macs, params = count_macs_params(self.model, self.example_inputs)
-        return {"macs_before": self.macs_dense, "macs_after": macs, "params_before": self.params_dense,
-                "params_after": params, "steps": steps}
+        return PruneReport(mode=self.method, macs_before=self.macs_dense, macs_after=macs, params_before=self.params_dense,
+                           params_after=params, max_output_error=None,
+                           warnings=[f"{self.method}: {steps} progressive Torch-Pruning steps (not lossless)"])
+
+
+class GroupNormWidths(_NoForce):
+    """Torch-Pruning's group-magnitude ranking down to given widths, on forceprune's unit sets.
+
+    Args:
+        model, example_inputs: as for ``ForcePruner``.
+        widths: ``{unit set name: units kept}`` (sets not named keep every unit).
+        ignored_layers, ignore_output_layers: as for ``ForcePruner``.
+        kinds: keep only unit sets of these kinds (``"head"``, ``"neuron"``, ``"channel"``).
+    """
+
+    def __init__(self, model: nn.Module, example_inputs, widths: dict[str, int], ignored_layers: Sequence[nn.Module] = (),
+                 ignore_output_layers: bool = True, kinds: Sequence[str] | None = None):
+        self.model, self.example_inputs, self.widths = model, example_inputs, dict(widths or {})
+        self.ignored_layers, self.ignore_output_layers = list(ignored_layers), ignore_output_layers
+        self.graph, unit_sets = build_unit_sets(model, example_inputs, self.ignored_layers,
+                                                ignore_output_layers=ignore_output_layers)
+        self.unit_sets = [us for us in unit_sets if kinds is None or us.kind in kinds]
+        unknown = sorted(set(self.widths) - {us.name for us in self.unit_sets})
+        if unknown:
+            raise ForcePruneError(f"widths names unknown unit sets {unknown}; valid: {[us.name for us in self.unit_sets]}.")
+        self.force = None
+        self.history: list[PruneReport] = []
+        self.macs_dense, self.params_dense = count_macs_params(model, example_inputs)
+
+    def summary(self) -> dict:
+        return {"units_total": sum(us.size for us in self.unit_sets), "units_zero": 0, "macs_dense": self.macs_dense,
+                "params_dense": self.params_dense, "macs_if_pruned": self.macs_dense, "params_if_pruned": self.params_dense}
+
+    def scores(self, us) -> torch.Tensor:
+        """``(G,)`` Torch-Pruning group L2 magnitude of each unit (summed over its channels)."""
+        importance = tp.importance.GroupMagnitudeImportance(p=2)
+        group = self.graph.get_pruning_group(us.root, us.root_fn, list(range(us.size * us.channels_per_unit)))
+        with torch.no_grad(), eval_mode(self.model):
+            return importance(group).float().cpu().view(us.size, us.channels_per_unit).sum(1)
+
+    def prune(self, widths=None, tolerance: float = 0.0, calibration_inputs=None) -> PruneReport:
+        """Keep the ``widths`` strongest units of each named set; report the change (not lossless)."""
+        widths = self.widths if widths is None else widths
+        plans = []
+        for us in self.unit_sets:
+            k = int(widths.get(us.name, us.size))
+            if k >= us.size:
+                continue
+            rem = torch.ones(us.size, dtype=torch.bool)
+            rem[torch.argsort(self.scores(us), descending=True, stable=True)[: max(1, k)]] = False
+            plans.append(RemovalPlan(us, rem, torch.zeros(us.size, dtype=torch.bool)))
+        calib = self.example_inputs if calibration_inputs is None else calibration_inputs
+        report = remove(self.model, self.graph, plans, self.example_inputs, calib, mode=GROUP_NORM)
+        self.history.append(report)
+        return report

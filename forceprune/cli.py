@@ -1,8 +1,9 @@
-"""The ``forceprune`` command line: run, train, prune, eval, report, bench.
+"""The ``forceprune`` command line: run, train, prune, eval, report, config, bench.
 
 User errors (bad config, missing dataset, a run directory in the way, ...) print one
-message without a traceback and exit with status 2; Ctrl-C exits with 130 after saying how
-to resume.
+message without a traceback and exit with status 2; Ctrl-C exits with 130 after saying which
+checkpoint is intact and how to resume. This is the only module that speaks in flags: the
+library's errors say what is wrong, this module adds the command that fixes it.
 """
 
 from __future__ import annotations
@@ -12,29 +13,32 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 EPILOG = """\
 examples:
   forceprune run configs/lenet5_mnist_etp.toml
   forceprune run configs/lenet5_mnist_etp.toml --set epochs=3 --set force_options.beta=1e-4
   forceprune run configs/resnet20_cifar10_etp.toml --data-dir /data --output-dir runs/r20 --resume
+  forceprune run configs/minilm_sst2_etp.toml
   forceprune train configs/lenet5_mnist_etp.toml --output-dir runs/lenet
   forceprune prune runs/lenet
   forceprune eval runs/lenet
   forceprune report runs/lenet
+  forceprune config text_classification
   forceprune bench quick
 
-Every config key is documented in forceprune/config.py (RunConfig); `--set key=value`
-takes TOML values (numbers, true/false, [lists], "strings"; bare words are strings).
-Data are read from --data-dir, else $FORCEPRUNE_DATA, else ~/.cache/forceprune/data.
+`forceprune config [TASK]` lists every config key with its default and help;
+`--set key=value` takes TOML values (numbers, true/false, [lists], "strings"; bare words are
+strings). Data are read from --data-dir, else $FORCEPRUNE_DATA, else ../shared/data beside the
+checkout, else ~/.cache/forceprune/data.
 """
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="forceprune", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -72,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite_resume(prune, "continue an interrupted fine-tuning")
     _add_quiet(prune)
 
-    evaluate = command("eval", "Evaluate the final pruned model of a finished run on the test set.",
+    evaluate = command("eval", "Evaluate the final pruned model of a finished run on its evaluation split.",
                        "example:\n  forceprune eval runs/lenet --data-dir /data")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="directory of a finished run (holds pruned/)")
     _add_data_dir(evaluate)
@@ -81,11 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
                      "example:\n  forceprune report runs/lenet")
     report.add_argument("run_dir", metavar="RUN_DIR", help="directory holding report.json")
 
-    bench = command("bench", "Run a benchmark suite (forceprune.bench).",
+    config = command("config", "List every key of a task's config with its default and help text.",
+                     "example:\n  forceprune config text_classification")
+    config.add_argument("task", metavar="TASK", nargs="?", default="image_classification",
+                        help="image_classification (default) or text_classification")
+
+    bench = command("bench", "Run a benchmark suite (benchmarks/ in the source checkout).",
                     "example:\n  forceprune bench quick --output-dir benchmarks/results")
     bench.add_argument("suite", metavar="SUITE",
                        help="benchmark suite: quick, headline, fmnist, cifar, beta_sweep, sst2, smoke; "
-                            "for a GPU: cifar_resnet56, cifar_vgg19 (see forceprune.bench.SUITES)")
+                            "for a GPU: cifar_resnet56, cifar_vgg19 (see benchmarks/vision.py)")
     _add_data_dir(bench)
     bench.add_argument("--output-dir", metavar="DIR", help="where the suite writes <suite>.json, .md and .png (default benchmarks/results)")
     bench.add_argument("--seeds", metavar="LIST", help="comma-separated seeds replacing the suite's, e.g. 0,1,2 (vision suites)")
@@ -109,35 +118,43 @@ def _add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types whose message is enough: shown without a traceback."""
-    from .config import ConfigError
-    from .data import ChecksumError, DatasetNotFoundError
-    from .errors import ForcePruneError
-    from .models import UnknownModelError
-    from .runner import RunDirError
-
-    return ConfigError, RunDirError, DatasetNotFoundError, ChecksumError, ForcePruneError, UnknownModelError
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``forceprune`` command; returns the exit status."""
+    from .errors import ForcePruneError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["forceprune", *argv])
-    handler = {"run": cmd_run, "train": cmd_train, "prune": cmd_prune, "eval": cmd_eval,
-               "report": cmd_report, "bench": cmd_bench}[args.command]
+    handler: Callable[[argparse.Namespace], int] = {
+        "run": cmd_run, "train": cmd_train, "prune": cmd_prune, "eval": cmd_eval, "report": cmd_report,
+        "config": cmd_config, "bench": cmd_bench}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except _user_errors() as exc:
-        print(f"forceprune {args.command}: error: {exc}", file=sys.stderr)
+    except ForcePruneError as exc:
+        print(f"forceprune {args.command}: error: {exc}{_hint(exc, args)}", file=sys.stderr)
         return EXIT_USAGE
 
 
+def _hint(exc: Exception, args: argparse.Namespace) -> str:
+    """The command that fixes a run-directory error, in this command line's words."""
+    from .runs import RunDirError
+
+    if not isinstance(exc, RunDirError):
+        return ""
+    where = f"--output-dir {exc.path}"
+    return {
+        "exists": "; pass --resume to continue it, --overwrite to replace it, or choose another --output-dir",
+        "not_a_run": f"; create one with: forceprune train CONFIG {where}",
+        "incomplete": f"; continue it with: forceprune train CONFIG {where} --resume",
+        "is_file": "; choose a directory with --output-dir",
+        "protected": "; choose another --output-dir",
+    }.get(exc.reason, "")
+
+
 def _load_config(args: argparse.Namespace) -> Any:
-    from .config import load_config
+    from .runs import load_config
 
     overrides = list(args.overrides)
     if args.data_dir is not None:
@@ -149,127 +166,127 @@ def _load_config(args: argparse.Namespace) -> Any:
     return load_config(args.config, overrides)
 
 
-def _text_task(args: argparse.Namespace) -> dict | None:
-    """Raw TOML of a text-classification config (``task = "text_classification"``), overrides
-    applied; None for vision configs."""
-    import tomllib
+def _interruptible(args: argparse.Namespace, out_dir: str | Path, work: Callable[[], Any]) -> Any:
+    """Run ``work()``; on Ctrl-C say which checkpoint is intact and how to resume, then re-raise."""
+    from .runs import last_checkpoint
 
     try:
-        with open(args.config, "rb") as f:
-            raw = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError):
-        return None  # load_config reports these with its own message
-    if raw.get("task") != "text_classification":
-        return None
-    for item in args.overrides:
-        key, _, value = item.partition("=")
-        head, dot, tail = key.strip().partition(".")
-        from .config import parse_literal
-
-        if dot:
-            raw.setdefault(head, {})[tail] = parse_literal(value.strip())
-        else:
-            raw[head] = parse_literal(value.strip())
-    if args.data_dir is not None:
-        raw["data_dir"] = args.data_dir
-    return raw
+        return work()
+    except KeyboardInterrupt:
+        words = [w for w in shlex.split(args.command_line) if w not in ("--overwrite", "--resume")]
+        print(f"\nInterrupted. {last_checkpoint(out_dir)}\nResume with: {shlex.join(words + ['--resume'])}",
+              file=sys.stderr, flush=True)
+        raise
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import runner
+    from .runs import run
 
-    raw = _text_task(args)
-    if raw is not None:  # transformers on text: forceprune.text
-        from .text import run_text_classification
-
-        out = args.output_dir or raw.get("output_dir")
-        if out and Path(out, "report.json").exists() and not args.overwrite:
-            raise runner.RunDirError(f"{out} already holds a run; pass --overwrite to replace it")
-        report = run_text_classification(raw, out)
-        print(json.dumps({k: report.get(k) for k in ("acc_dense", "acc_final", "macs_before", "macs_after")}, indent=1))
-        return 0
-    report = runner.run(_load_config(args), command=args.command_line, config_path=args.config,
-                        overwrite=args.overwrite, resume=args.resume, progress=not args.quiet)
-    print_report(report, Path(report["config"]["output_dir"]))
+    config = _load_config(args)
+    report = _interruptible(args, config.output_dir, lambda: run(
+        config, command=args.command_line, config_path=args.config, overwrite=args.overwrite, resume=args.resume,
+        progress=not args.quiet))
+    print_report(report, Path(config.output_dir))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import runner
+    from .runs import train
 
     config = _load_config(args)
-    summary = runner.train(config, command=args.command_line, config_path=args.config,
-                           overwrite=args.overwrite, resume=args.resume, progress=not args.quiet)
+    summary = _interruptible(args, config.output_dir, lambda: train(
+        config, command=args.command_line, config_path=args.config, overwrite=args.overwrite, resume=args.resume,
+        progress=not args.quiet))
     rows = [("Dense baseline accuracy", _percent(summary["acc_dense"])),
-            ("Accuracy after force training", _percent(summary["acc_before_removal"])),
-            ("Captured units", f"{summary['units_zero']:,} / {summary['units_total']:,}"),
-            ("MACs per sample", f"{summary['macs_dense']:,} -> {summary['macs_if_pruned']:,} if pruned")]
+            ("Accuracy after force training", _percent(summary["acc_before_removal"]))]
+    if "units_total" in summary:
+        rows += [("Captured units", f"{summary['units_zero']:,} / {summary['units_total']:,}"),
+                 ("MACs per sample", f"{summary['macs_dense']:,} -> {summary['macs_if_pruned']:,} if pruned")]
     _print_table(f"forceprune train: {config.model} / {config.dataset} / force {config.force}", rows,
                  f"checkpoints in {summary['output_dir']}/checkpoints; next: forceprune prune {summary['output_dir']}")
     return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from . import runner
+    from .runs import prune
 
-    report = runner.prune(args.run_dir, command=args.command_line, data_dir=args.data_dir,
-                          overwrite=args.overwrite, resume=args.resume, progress=not args.quiet)
+    report = _interruptible(args, args.run_dir, lambda: prune(
+        args.run_dir, command=args.command_line, data_dir=args.data_dir, overwrite=args.overwrite,
+        resume=args.resume, progress=not args.quiet))
     print_report(report, Path(args.run_dir))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .metrics import count_macs_params
-    from .runner import load_pruned_model
-    from .train import evaluate
+    from .runs import evaluate_run
 
-    model, session, channels_last = load_pruned_model(args.run_dir, args.data_dir)
-    accuracy = evaluate(model, session.test_loader, session.device, channels_last)
-    macs, params = count_macs_params(model, session.example_input.to(session.device))
+    result = evaluate_run(args.run_dir, args.data_dir)
     _print_table(f"forceprune eval: {args.run_dir}", [
-        ("Test accuracy (top-1)", f"{accuracy:.2f} %"),
-        ("Test images", f"{len(session.test_loader.dataset):,}"),
-        ("MACs per sample", f"{macs:,}"), ("Parameters", f"{params:,}")], "")
+        (f"{result['eval_split'].capitalize()} accuracy (top-1)", f"{result['accuracy']:.2f} %"),
+        (f"{result['eval_split'].capitalize()} samples", f"{result['count']:,}"),
+        ("MACs per sample", f"{result['macs']:,}"), ("Parameters", f"{result['params']:,}")], "")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .runner import REPORT_FILE, RunDirError
+    from .errors import ForcePruneError
+    from .runs.rundir import REPORT_FILE
     from .visual import render_report
 
     path = Path(args.run_dir) / REPORT_FILE
     if not path.exists():
-        raise RunDirError(f"{path} does not exist; finish the run first (forceprune run / forceprune prune)")
-    outputs = render_report(json.loads(path.read_text(encoding="utf-8")), args.run_dir)
-    for caption, file in outputs.items():
+        raise ForcePruneError(f"{path} does not exist; finish the run first (forceprune run / forceprune prune)")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ForcePruneError(f"{path} is damaged ({exc}); re-create it with forceprune prune {args.run_dir} --overwrite") from None
+    for caption, file in render_report(report, args.run_dir).items():
         print(f"{caption}: {file}")
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .runs import config_class
+
+    cls = config_class(args.task)
+    for f in dataclasses.fields(cls):
+        default = "(required)" if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING \
+            else repr(f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        print(f"{f.name} = {default}\n    {f.metadata['help']}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    try:
-        from .bench import main as bench_main
-    except ImportError:
-        print("forceprune bench: error: benchmarks are not available in this installation "
-              "(the forceprune.bench module is missing)", file=sys.stderr)
-        return EXIT_USAGE
     from .errors import ForcePruneError
 
-    overrides = {}
+    suites = _benchmark_suites()
+    overrides: dict[str, Any] = {}
     if args.seeds:
         try:
             overrides["seeds"] = tuple(int(v) for v in args.seeds.split(",") if v.strip())
         except ValueError:
-            print(f"forceprune bench: error: --seeds takes integers separated by commas, got {args.seeds!r}", file=sys.stderr)
-            return EXIT_USAGE
+            raise ForcePruneError(f"--seeds takes integers separated by commas, got {args.seeds!r}") from None
     if args.methods:
         overrides["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    try:
-        bench_main(args.suite, data_dir=args.data_dir, output_dir=args.output_dir, **overrides)
-    except ForcePruneError as exc:
-        print(f"forceprune bench: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    suites.main(args.suite, data_dir=args.data_dir, output_dir=args.output_dir, **overrides)
     return 0
+
+
+def _benchmark_suites():
+    """The ``benchmarks`` package of the source checkout this forceprune runs from."""
+    import importlib
+
+    from .errors import ForcePruneError
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "suites.py").is_file():
+        raise ForcePruneError("the benchmark suites live in the source checkout (benchmarks/), which this installation "
+                              "does not have: clone the repository, pip install -e it, and run forceprune bench there")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return importlib.import_module("benchmarks.suites")
 
 
 def _percent(value: float | None) -> str:
@@ -282,11 +299,13 @@ def _times(before: float, after: float) -> str:
 
 def print_report(report: dict[str, Any], out_dir: Path) -> None:
     """Final summary table of a run (rich)."""
+    split = report.get("eval_split", "test")
     rows = [
         ("Accuracy: dense baseline", _percent(report["acc_dense"])),
         ("Accuracy: before removal", _percent(report["acc_before_removal"])),
         ("Accuracy: after removal", _percent(report["acc_after_removal"])),
-        ("Accuracy: final", _percent(report["acc_final"])),
+        (f"Accuracy: final ({split})", _percent(report["acc_final"])),
+        *[(f"Accuracy: final ({name})", _percent(report[f"acc_{name}"])) for name in report.get("extra_splits", [])],
         ("Accuracy: best epoch (reference, not used)", _percent(report["acc_best"])),
         ("MACs per sample", f"{report['macs_before']:,} -> {report['macs_after']:,}  "
                             f"({_times(report['macs_before'], report['macs_after'])})"),
@@ -296,7 +315,8 @@ def print_report(report: dict[str, Any], out_dir: Path) -> None:
     for batch, before in report["latency_ms_before"].items():
         after = report["latency_ms_after"][batch]
         rows.append((f"Latency, batch {batch}", f"{before:.3f} -> {after:.3f} ms  ({_times(before, after)})"))
-    rows.append(("Max output error of removal", f"{report['max_output_error']:.2e}"))
+    if report["max_output_error"] is not None:
+        rows.append(("Max output error of removal", f"{report['max_output_error']:.2e}"))
     _print_table(f"forceprune: {report['model']} / {report['dataset']} / force {report['force']}", rows,
                  f"report: {out_dir / 'report.html'}")
 

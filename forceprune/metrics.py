@@ -7,8 +7,11 @@ DepGraph convention) plus the matrix products that no module owns -- attention's
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import statistics
+import sys
 import time
 
 import torch
@@ -52,12 +55,41 @@ def functional_macs(model: nn.Module, example_inputs) -> int:
     return int(total // 2)
 
 
+class _WithoutLine(io.TextIOBase):
+    """A text stream passing everything to ``target`` except lines starting with ``prefix``."""
+
+    def __init__(self, target, prefix: str):
+        self.target, self.prefix, self._dropping = target, prefix, False
+
+    def write(self, text: str) -> int:
+        if text.startswith(self.prefix):
+            self._dropping = True
+        elif not (self._dropping and text == "\n"):
+            self._dropping = False
+            self.target.write(text)
+        else:
+            self._dropping = False
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+@contextlib.contextmanager
+def _torch_pruning_counter():
+    """torch-pruning's op counter prints a warning for every module called with keyword inputs
+    only (every Hugging Face layer): dozens of lines per count that say nothing about the result
+    (they concern its batch counter, which we do not use). Keep the console clean of them."""
+    with contextlib.redirect_stdout(_WithoutLine(sys.stdout, "Warning! No positional inputs found")):
+        yield
+
+
 def count_macs_params(model: nn.Module, example_inputs) -> tuple[int, int]:
     """``(MACs, params)`` for one forward pass on ``example_inputs``.
 
     MACs are per forward pass of the given batch; pass a batch of one for MACs per sample.
     """
-    with eval_mode(model):
+    with eval_mode(model), _torch_pruning_counter():
         macs, params = tp.utils.count_ops_and_params(model, example_inputs)
         macs += functional_macs(model, example_inputs)
     return int(macs), int(params)
@@ -65,7 +97,7 @@ def count_macs_params(model: nn.Module, example_inputs) -> tuple[int, int]:
 
 def layer_macs(model: nn.Module, example_inputs) -> dict[str, int]:
     """MACs per named conv/linear layer (torch-pruning's per-layer counts)."""
-    with eval_mode(model):
+    with eval_mode(model), _torch_pruning_counter():
         _, _, per_layer, _ = tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)
     names = {m: n for n, m in model.named_modules()}
     return {
@@ -98,3 +130,19 @@ def measure_latency(
                 torch.cuda.synchronize()
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def side_by_side_latency(dense: nn.Module, pruned: nn.Module, inputs, *, rounds: int = 5, repeats: int = 10,
+                         warmup: int = 3, threads: int | None = None) -> tuple[float, float]:
+    """``(dense_ms, pruned_ms)``: median ms per forward pass of two models on the same inputs,
+    timed in alternating rounds (``rounds`` x ``repeats`` passes each) so that a machine whose
+    speed drifts (a shared CPU) affects both alike; optionally with ``threads`` torch threads."""
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        pairs = [(measure_latency(dense, inputs, repeats=repeats, warmup=warmup),
+                  measure_latency(pruned, inputs, repeats=repeats, warmup=warmup)) for _ in range(rounds)]
+    finally:
+        torch.set_num_threads(saved)
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)

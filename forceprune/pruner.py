@@ -32,7 +32,7 @@ from .proximal import proximal_force_step
 from .removal import RemovalPlan, remove, removable_units
 from .scoring import cost_weights, force_field, prox_bounds, scores, signs, weakest_tail
 from .report import PruneReport
-from .units import build_unit_sets
+from .units import UNIT_KINDS, build_unit_sets
 
 
 class ForcePruner:
@@ -70,6 +70,8 @@ class ForcePruner:
             ``every``, ``gain``, ``min_width``, ``round_to``, ``tolerance``).
         optimizer: the training optimizer (recommended): its step size sets the proximal
             capture bound, and its momentum/Adam state of captured units is cleared too.
+        kinds: prune only unit sets of these kinds (``"head"``, ``"neuron"``, ``"channel"``),
+            e.g. ``("head", "neuron")`` for a transformer's attention heads and FFN neurons.
         **force_options: options of the force law (``beta``, ``norm``, ``pivot``, ...).
     """
 
@@ -92,6 +94,7 @@ class ForcePruner:
         budget: dict | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         ignore_output_layers: bool = True,
+        kinds: Sequence[str] | None = None,
         **force_options,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -100,6 +103,8 @@ class ForcePruner:
         self.capture_mode = capture if capture is not None else defaults["capture"]
         self.threshold = float(threshold if threshold is not None else defaults["threshold"])
         _check_capture_options(self.capture_mode, self.threshold, capture_every, snap, cost_power)
+        if kinds is not None and (isinstance(kinds, str) or not set(kinds) <= set(UNIT_KINDS)):
+            raise ForcePruneError(f"kinds={kinds!r}: give a list of unit kinds from {UNIT_KINDS}, e.g. kinds=('head', 'neuron').")
         self.capture_every, self.snap, self.cost_power = capture_every, float(snap), float(cost_power)
         targets = {"target_macs": target_macs, "target_params": target_params, "target_latency_ms": target_latency_ms}
         target = target_of(targets, budget)  # checked before the (slow) trace
@@ -107,6 +112,7 @@ class ForcePruner:
         self.example_inputs = example_inputs
         self.ignored_layers = list(ignored_layers or [])
         self.ignore_output_layers = ignore_output_layers
+        self.kinds = tuple(kinds) if kinds is not None else None
         self.optimizer = optimizer
         self.steps = 0
         self.history: list[PruneReport] = []
@@ -126,9 +132,10 @@ class ForcePruner:
         """(Re)trace the model and collect its unit sets, keeping captured masks by name."""
         old = {us.name: us.dead for us in getattr(self, "unit_sets", [])}
         inputs = self._inputs()
-        self.graph, self.unit_sets = build_unit_sets(
+        self.graph, unit_sets = build_unit_sets(
             self.model, inputs, self.ignored_layers, ignore_output_layers=self.ignore_output_layers
         )
+        self.unit_sets = [us for us in unit_sets if self.kinds is None or us.kind in self.kinds]
         if not self.unit_sets and not allow_empty:
             raise ForcePruneError(
                 "the model has no prunable unit: every conv/linear layer is ignored, is an output layer, or is "

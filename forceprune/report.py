@@ -15,7 +15,7 @@ class PruneReport:
     macs_after: int
     params_before: int
     params_after: int
-    max_output_error: float
+    max_output_error: float | None  # None: not measured (a baseline that cuts non-zero units)
     layers: list[dict] = field(default_factory=list)  # {"name", "width_before", "width_after"}
     layer_macs: list[dict] = field(default_factory=list)  # {"layer", "macs_before", "macs_after"}
     kept: dict[str, list[int]] = field(default_factory=dict)
@@ -47,8 +47,8 @@ class PruneReport:
             )
         lines.append(
             f"MACs {self.macs_before:,} -> {self.macs_after:,} ({self.macs_reduction:.2f}x fewer); "
-            f"params {self.params_before:,} -> {self.params_after:,} ({self.params_reduction:.2f}x fewer); "
-            f"max output error {self.max_output_error:.2e}"
+            f"params {self.params_before:,} -> {self.params_after:,} ({self.params_reduction:.2f}x fewer)"
+            + (f"; max output error {self.max_output_error:.2e}" if self.max_output_error is not None else "")
         )
         lines += [f"warning: {m}" for m in self.warnings]
         return "\n".join(lines)

@@ -26,6 +26,8 @@ from .errors import ForcePruneError
 PRODUCER_WEIGHT = "producer_weight"  # conv/linear output rows (what ETP's official code penalises)
 PRODUCER_OTHER = "producer_other"  # producer bias, BatchNorm/affine entries
 CONSUMER = "consumer"  # input columns of the layers that read the channel
+#: What a unit can be (``UnitSet.kind``): a channel group, an attention head, an FFN neuron.
+UNIT_KINDS = ("channel", "head", "neuron")
 #: Roles a force acts on, by its ``include`` option.
 INCLUDE_ROLES = {
     "all": (PRODUCER_WEIGHT, PRODUCER_OTHER, CONSUMER),

@@ -5,7 +5,8 @@ import warnings
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(__file__))  # zoo.py and friends
+sys.path.insert(1, os.path.dirname(os.path.dirname(__file__)))  # the checkout: benchmarks/
 torch.set_num_threads(1)  # tiny models: one thread is as fast, and immune to a busy second core
 warnings.filterwarnings("ignore", message=".*index_reduce.*")
 

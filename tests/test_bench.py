@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from forceprune import bench
+from benchmarks import suites as bench
 
 
 def test_smoke_suite_writes_json_markdown_and_plot(data_dir, tmp_path):

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from forceprune.cli import build_parser, main
-from forceprune.runner import RunDirError, check_output_dir, claim_output_dir
-from forceprune.train import Trainer
+from forceprune.runs import Trainer
+from forceprune.runs.rundir import RunDirError, check_output_dir, claim_output_dir
 from forceprune.visual import PICTURES
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -171,7 +171,7 @@ def test_ctrl_c_then_resume_matches_uninterrupted_run(mnist_run, tmp_path, monke
     resumed, straight = load_file(out / "pruned/model.safetensors"), load_file(mnist_run / "pruned/model.safetensors")
     assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
     a, b = (json.loads((d / "report.json").read_text()) for d in (out, mnist_run))
-    assert [r["test_acc"] for r in a["history"]] == [r["test_acc"] for r in b["history"]]
+    assert [r["eval_acc"] for r in a["history"]] == [r["eval_acc"] for r in b["history"]]
 
 
 def test_prune_subcommand_reproduces_run(mnist_run, tmp_path, capsys):

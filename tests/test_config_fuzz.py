@@ -5,10 +5,10 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from forceprune.config import ConfigError, RunConfig, load_config
+from forceprune.runs import ConfigError, VisionConfig, config_from_dict, load_config
 
 CONFIG = Path(__file__).parent.parent / "configs" / "lenet5_mnist_etp.toml"
-KEYS = [f for f in RunConfig.__dataclass_fields__] + ["force_options.beta", "force_options.norm", "budget.reach",
+KEYS = [f for f in VisionConfig.__dataclass_fields__] + ["force_options.beta", "force_options.norm", "budget.reach",
                                                       "epochs.x", "nope", "force_options.bta"]
 VALUES = st.one_of(
     st.integers(-5, 10**6).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
@@ -26,4 +26,4 @@ def test_any_override_gives_a_config_or_a_clear_error(overrides):
     except ConfigError as exc:
         assert str(exc).strip(), "errors say what is wrong"
         return
-    assert config.epochs >= 1 and config.lr > 0 and config.batch_size >= 1
+    assert config_from_dict(config.to_dict()) == config, "a valid config round-trips through its saved form"

@@ -44,3 +44,30 @@ def test_latency_is_a_positive_median():
     model = nn.Linear(8, 8)
     ms = fp.measure_latency(model, torch.randn(4, 8), repeats=5, warmup=1)
     assert 0 < ms < 1000
+
+
+class Printing(nn.Module):
+    """A model called with keyword inputs (as Hugging Face models are) that prints."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(4, 4, bias=False)
+
+    def forward(self, x):
+        print("the model's own output")
+        return self.inner(x)
+
+
+def test_counting_keeps_the_console_clean_but_for_the_model_s_own_prints(capsys):
+    macs, _ = fp.count_macs_params(Printing(), {"x": torch.randn(1, 4)})
+    assert macs == 16
+    out = capsys.readouterr().out
+    assert "No positional inputs" not in out and "the model's own output" in out
+
+
+def test_side_by_side_latency_times_both_models():
+    from forceprune.metrics import side_by_side_latency
+
+    dense = nn.Sequential(nn.Linear(8, 512), *[nn.Linear(512, 512) for _ in range(8)])  # ~2 M MACs per sample
+    dense_ms, pruned_ms = side_by_side_latency(dense, nn.Linear(8, 8), torch.randn(64, 8), rounds=3, repeats=3)
+    assert dense_ms > pruned_ms > 0

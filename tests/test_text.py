@@ -1,6 +1,5 @@
-"""Text classification: readers, batching, the fine-tune loop and run_sst2 end to end (tiny)."""
+"""Text classification: readers, batching, and runs through the pipeline end to end (tiny)."""
 import json
-import warnings
 from pathlib import Path
 
 import pytest
@@ -8,12 +7,12 @@ import torch
 
 from forceprune.data.errors import DatasetNotFoundError
 from forceprune.errors import ForcePruneError
+from forceprune.runs import config_from_dict, run
 from forceprune.text import (
-    TextBatches, TextFormatError, collate, length_grouped_batches, make_config, read_labelled_tsv, read_sst2,
-    read_trec, resolve_model_path, run_sst2,
+    TextBatches, TextFormatError, collate, length_grouped_batches, read_labelled_tsv, read_sst2, read_trec,
+    resolve_model_path,
 )
 
-warnings.filterwarnings("ignore", message=".*No positional inputs.*")
 
 WORDS = "good bad great awful movie film plot fun dull the a is was and not very".split()
 
@@ -146,10 +145,19 @@ def test_missing_model_path_and_bad_config(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ForcePruneError, match="no config.json"):
         resolve_model_path(tmp_path / "empty")
-    with pytest.raises(ForcePruneError, match=r"unknown key 'epoch' \(did you mean 'epochs'\?\)"):
-        make_config({"epoch": 2})
-    with pytest.raises(ForcePruneError, match="dataset must be 'sst2' or 'trec'"):
-        make_config({"dataset": "imdb"})
+    with pytest.raises(ForcePruneError, match=r"unknown config key 'epoch': did you mean 'epochs'\?"):
+        text_config({"epoch": 2})
+    with pytest.raises(ForcePruneError, match="dataset = 'imdb' is not allowed: choose one of 'sst2', 'trec'"):
+        text_config({"dataset": "imdb"})
+
+
+def text_config(data: dict):
+    return config_from_dict({"task": "text_classification", **data})
+
+
+def run_text(data: dict, out: Path) -> dict:
+    """One text-classification run through the run pipeline, quietly."""
+    return run(text_config({**data, "output_dir": str(out)}), progress=False)
 
 
 def _tiny_etp_run(tmp_path: Path, **overrides) -> dict:
@@ -165,50 +173,55 @@ def _tiny_etp_run(tmp_path: Path, **overrides) -> dict:
 
 def test_run_sst2_end_to_end_on_a_tiny_model(tmp_path):
     cfg = _tiny_etp_run(tmp_path, finetune_epochs=1, save_model=True)
-    report = run_sst2(cfg, tmp_path / "run", log=None)
+    report = run_text(cfg, tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert saved["acc_dev"] == report["acc_dev"] and 0 <= report["acc_dev"] <= 1 and report["acc_test"] is not None
+    assert saved["acc_final"] == report["acc_final"] and 0 <= report["acc_final"] <= 100 and report["acc_test"] is not None
+    assert report["eval_split"] == "dev" and report["extra_splits"] == ["test"]
     assert (report["train_samples"], report["dev_samples"], report["test_samples"]) == (48, 16, 16)
     assert report["heads_before"] == [4, 4] and report["ffn_before"] == [37, 37]
     assert report["encoder_macs_after"] <= report["encoder_macs_before"] and report["macs_after"] <= report["macs_before"]
-    assert report["train"]["steps"] == 24 and report["finetune"]["steps"] == 6
+    steps = {r["phase"]: r["steps"] for r in report["history"]}
+    assert steps == {"force": 24, "finetune": 6}
     assert set(report["unit_kinds"].values()) == {"head", "neuron"}  # the pooler is not pruned by default
     assert sum(report["heads_after"]) + sum(report["ffn_after"]) < 2 * 4 + 2 * 37
-    assert report["removal"]["max_output_error"] < 1e-5
-    assert report["acc_dev_after_removal"] == report["acc_dev_before_removal"], "lossless removal: same dev accuracy"
-    from forceprune.integrations.transformers import load_pruned
+    assert report["max_output_error"] < 1e-5
+    assert report["acc_after_removal"] == report["acc_before_removal"], "lossless removal: same dev accuracy"
+    from forceprune.integrations.transformers import load_pruned_pretrained
 
-    reloaded = load_pruned(report["model_dir"])
+    reloaded = load_pruned_pretrained(tmp_path / "run" / "model")
     from forceprune.attention import heads_per_layer
 
     assert list(heads_per_layer(reloaded).values()) == report["heads_after"]
+    from forceprune.cli import main
+
+    assert main(["eval", str(tmp_path / "run")]) == 0, "the plan-format pruned model reloads and evaluates"
 
 
 def test_run_sst2_reaches_a_macs_target_with_the_proximal_force(tmp_path):
     cfg = _tiny_etp_run(tmp_path, target_macs=0.5, budget={"every": 2}, eval_test=False)
-    report = run_sst2(cfg, tmp_path / "run", log=None)
+    report = run_text(cfg, tmp_path / "run")
     assert report["budget"]["target"] == 0.5 and report["budget"]["total_steps"] == 24
     assert report["macs_after"] / report["macs_before"] == pytest.approx(0.5, rel=0.03)
-    assert report["removal"]["max_output_error"] < 1e-4
+    assert report["max_output_error"] < 1e-4
 
 
 def test_text_targets_need_a_force_and_exclude_widths():
     with pytest.raises(ForcePruneError, match="target_macs needs a force"):
-        make_config({"force": "none", "target_macs": 0.5})
+        text_config({"force": "none", "target_macs": 0.5})
     with pytest.raises(ForcePruneError, match="either target_macs or widths"):
-        make_config({"target_macs": 0.5, "widths": {"a": 1}})
+        text_config({"target_macs": 0.5, "widths": {"a": 1}})
 
 
 def test_sst2_benchmark_suite_in_miniature(tmp_path):
     """The sst2 suite's harness (dense, ETP at a target, torque and group norm cut to ETP's
     widths) on a tiny model, so it cannot rot."""
-    from forceprune.text.bench import run_suite
+    from benchmarks.sst2_suite import run_suite
 
     _write_sst2(tmp_path)
     model_dir = _tiny_model_dir(tmp_path)
     result = run_suite(
         (0.5,), model=str(model_dir), data_dir=str(tmp_path), train_subset=0, epochs=4, finetune_epochs=0.5,
-        beta=0.05, lr=2e-2, threads=0, output_dir=tmp_path / "out", work_dir=tmp_path / "work", log=None,
+        beta=0.05, lr=2e-2, threads=0, output_dir=tmp_path / "out", work_dir=tmp_path / "work", progress=False,
         config={"batch_size": 8, "warmup_ratio": 0.0, "macs_seq_len": 16, "latency_batch": 2, "latency_repeats": 1},
     )
     rows = {p["method"]: p for p in result["points"]}
@@ -223,11 +236,11 @@ def test_sst2_benchmark_suite_in_miniature(tmp_path):
 def test_dense_run(tmp_path):
     _write_sst2(tmp_path)
     model_dir = _tiny_model_dir(tmp_path)
-    report = run_sst2({"model": str(model_dir), "data_dir": str(tmp_path), "force": "none", "epochs": 1,
+    report = run_text({"model": str(model_dir), "data_dir": str(tmp_path), "force": "none", "epochs": 1,
                        "batch_size": 16, "macs_seq_len": 16, "latency_batch": 2, "latency_repeats": 1,
-                       "eval_test": False}, tmp_path / "dense", log=None)
-    assert report["macs_after"] == report["macs_before"] and report["acc_test"] is None
-    assert "removal" not in report
+                       "eval_test": False}, tmp_path / "dense")
+    assert report["macs_after"] == report["macs_before"] and "acc_test" not in report
+    assert report["max_output_error"] is None and report["layers"] == [] and report["pruned_model"] is None
 
 
 def test_proximal_step_is_group_soft_thresholding():
@@ -253,8 +266,9 @@ def test_proximal_step_is_group_soft_thresholding():
     assert pruner.capture() >= int((after == 0).sum())
 
 
-def test_cli_run_dispatches_text_configs(tmp_path):
-    """`forceprune run` on a text_classification config goes through forceprune.text."""
+def test_cli_run_dispatches_text_configs(tmp_path, capsys):
+    """`forceprune run` on a text_classification config goes through the same pipeline and
+    prints the same summary as a vision run."""
     from forceprune.cli import main
 
     _write_sst2(tmp_path)
@@ -268,7 +282,10 @@ def test_cli_run_dispatches_text_configs(tmp_path):
     )
     out = tmp_path / "run"
     args = ["run", str(config), "--data-dir", str(tmp_path), "--output-dir", str(out), "--set", "finetune_epochs=0.0"]
-    assert main(args) == 0
+    assert main([*args, "-q"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["heads_before"] == [4, 4] and report["config"]["finetune_epochs"] == 0.0
+    printed = capsys.readouterr().out
+    assert f"{report['acc_final']:.2f} %" in printed and "Accuracy: final (dev)" in printed and "null" not in printed
     assert main(args) == 2, "a second run into the same directory is refused"
+    assert "already holds a run" in capsys.readouterr().err

@@ -1,24 +1,31 @@
-"""Training loop, schedules, checkpoints and resume determinism on a tiny synthetic task."""
+"""The one training loop, schedules, checkpoints and resume determinism on a tiny synthetic task."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import forceprune as fp
 from forceprune import checkpoint
-from forceprune.config import RunConfig
 from forceprune.data import BatchLoader, ImageTensorDataset
 from forceprune.data.augment import Augmentation
-from forceprune.train import Phase, Trainer, build_optimizer, evaluate, lr_factor, seed_everything
+from forceprune.runs import Phase, Trainer, VisionConfig, evaluate
+from forceprune.runs.loop import build_optimizer, lr_factor, seed_everything
+from forceprune.runs.vision import vision_phase
+
+BETA = 0.5
 
 
-def tiny_config(**kw) -> RunConfig:
-    base = dict(model="tiny", dataset="synthetic", force="etp", epochs=2, batch_size=16, lr=0.05,
-                warmup_epochs=1, force_options={"beta": 0.5})
-    base.update(kw)
-    return RunConfig(**base)
+def tiny_phase(**kw) -> Phase:
+    return Phase(**{"name": "force", "epochs": 2, "lr": 0.05, "warmup_epochs": 1, **kw})
+
+
+def classify(model, batch):
+    x, y = batch
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits, y
 
 
 def tiny_model() -> nn.Module:
@@ -54,43 +61,42 @@ class InterruptAfter(ImageTensorDataset):
         return super().batch(index, augment, generator)
 
 
-def new_trainer(config: RunConfig, path, with_pruner: bool, train_set=None) -> Trainer:
-    seed_everything(config.seed)
+def new_trainer(phase: Phase, path, with_pruner: bool, train_set=None, force_mode: str = "loss") -> Trainer:
+    seed_everything(0)
     model = tiny_model()
-    pruner = fp.ForcePruner(model, torch.randn(1, 1, 8, 8), force=config.force, **config.force_options) \
-        if with_pruner else None
+    pruner = fp.ForcePruner(model, torch.randn(1, 1, 8, 8), force="etp", beta=BETA) if with_pruner else None
     train, test = tiny_loaders(train_set)
-    return Trainer(model, Phase.from_config(config, "force"), config, train, test, device=torch.device("cpu"),
-                   pruner=pruner, checkpoint_path=path, progress=False)
+    return Trainer(model, phase, train, test, classify, device=torch.device("cpu"), method=pruner,
+                   force_mode=force_mode, checkpoint_path=path, progress=False)
 
 
 @pytest.mark.parametrize("with_pruner", [False, True])
 def test_resume_equals_uninterrupted(tmp_path, with_pruner):
-    config = tiny_config()
-    straight = new_trainer(config, tmp_path / "a.pt", with_pruner)
+    phase = tiny_phase()
+    straight = new_trainer(phase, tmp_path / "a.pt", with_pruner)
     straight.fit()
     if with_pruner:  # the force is strong enough that the pruner's state matters
         assert 0 < straight.history[-1]["units_zero"] < straight.history[-1]["units_total"]
 
-    interrupted = new_trainer(config, tmp_path / "b.pt", with_pruner, train_set=InterruptAfter(6 + 3))
+    interrupted = new_trainer(phase, tmp_path / "b.pt", with_pruner, train_set=InterruptAfter(6 + 3))
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C in the middle of epoch 2
         interrupted.fit()
     torch.manual_seed(999)  # disturb the global RNG: resuming must restore it
 
-    resumed = new_trainer(config, tmp_path / "b.pt", with_pruner)
+    resumed = new_trainer(phase, tmp_path / "b.pt", with_pruner)
     assert resumed.resume() and resumed.epoch == 1
     resumed.fit()
     for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
-    assert [h["test_acc"] for h in straight.history] == [h["test_acc"] for h in resumed.history]
+    assert [h["eval_acc"] for h in straight.history] == [h["eval_acc"] for h in resumed.history]
 
 
 def test_checkpoint_loads_weights_only(tmp_path):
-    trainer = new_trainer(tiny_config(epochs=1, warmup_epochs=0), tmp_path / "c.pt", with_pruner=False)
+    trainer = new_trainer(tiny_phase(epochs=1, warmup_epochs=0), tmp_path / "c.pt", with_pruner=False)
     trainer.fit()
     state = torch.load(tmp_path / "c.pt", weights_only=True)
     assert state["epoch"] == 1 and state["phase"] == "force" and len(state["history"]) == 1
-    assert 0.0 <= state["history"][0]["test_acc"] <= 100.0
+    assert state["step"] == 6 and 0.0 <= state["history"][0]["eval_acc"] <= 100.0
 
 
 def test_atomic_save_keeps_previous_file_on_failure(tmp_path, monkeypatch):
@@ -125,28 +131,54 @@ def test_rng_state_roundtrip():
 
 
 def test_no_weight_decay_on_bias_and_norm():
-    optimizer = build_optimizer(tiny_model(), tiny_config(weight_decay=1e-3), lr=0.1)
+    optimizer = build_optimizer(tiny_model(), tiny_phase(weight_decay=1e-3))
     decayed, plain = optimizer.param_groups
     assert decayed["weight_decay"] == 1e-3 and all(p.ndim >= 2 for p in decayed["params"])
     assert plain["weight_decay"] == 0.0 and all(p.ndim == 1 for p in plain["params"])
 
 
 def test_lr_schedules():
-    cosine = Phase("force", 10, 0.1, 2, ())
-    assert lr_factor(0, 10, cosine, "cosine", 0.1) == pytest.approx(1 / 20)
-    assert lr_factor(20, 10, cosine, "cosine", 0.1) == pytest.approx(1.0)
-    assert lr_factor(100, 10, cosine, "cosine", 0.1) == pytest.approx(0.0)
-    step = Phase("force", 10, 0.1, 0, (0.5, 0.8))
-    assert [lr_factor(e * 10, 10, step, "step", 0.1) for e in (4, 5, 8)] == pytest.approx([1, 0.1, 0.01])
-    assert lr_factor(55, 10, step, "constant", 0.1) == 1.0
+    cosine = Phase("force", 10, 0.1, warmup_epochs=2)
+    assert lr_factor(0, 10, cosine) == pytest.approx(1 / 20)
+    assert lr_factor(20, 10, cosine) == pytest.approx(1.0)
+    assert lr_factor(100, 10, cosine) == pytest.approx(0.0)
+    step = Phase("force", 10, 0.1, schedule="step", milestones=(0.5, 0.8))
+    assert [lr_factor(e * 10, 10, step) for e in (4, 5, 8)] == pytest.approx([1, 0.1, 0.01])
+    assert lr_factor(55, 10, Phase("force", 10, 0.1, schedule="constant")) == 1.0
+    linear = Phase("force", 1, 0.1, schedule="linear", warmup_ratio=0.2)  # 10 steps, 2 of warm-up
+    assert [lr_factor(s, 10, linear) for s in (0, 1, 2, 6, 10)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0])
+
+
+def test_fractional_epochs_stop_at_the_phase_s_last_step(tmp_path):
+    trainer = new_trainer(tiny_phase(epochs=1.5, warmup_epochs=0), None, with_pruner=False)
+    history = trainer.fit()
+    assert trainer.step == 9 and [r["steps"] for r in history] == [6, 9] and trainer.epochs == 2
+    capped = new_trainer(tiny_phase(epochs=3, max_steps=4, warmup_epochs=0), None, with_pruner=False)
+    assert [r["steps"] for r in capped.fit()] == [4]
+
+
+def test_proximal_force_mode_zeroes_units_without_a_penalty_in_the_loss():
+    trainer = new_trainer(tiny_phase(epochs=2, warmup_epochs=0), None, with_pruner=True, force_mode="prox")
+    history = trainer.fit()
+    assert all(r["penalty"] == 0.0 for r in history), "prox mode: the force is not a loss term"
+    assert history[-1]["units_zero"] > 0
 
 
 def test_finetune_phase_uses_lower_lr_without_warmup():
-    phase = Phase.from_config(tiny_config(finetune_epochs=3), "finetune")
+    config = VisionConfig(model="lenet5", dataset="mnist", force="etp", epochs=2, warmup_epochs=1, lr=0.05,
+                          finetune_epochs=3)
+    phase = vision_phase(config, "finetune")
     assert phase.epochs == 3 and phase.warmup_epochs == 0 and phase.lr == pytest.approx(0.005)
 
 
 def test_evaluate_returns_percent():
-    _, test = tiny_loaders()
-    acc = evaluate(tiny_model(), test)
-    assert 0.0 <= acc <= 100.0
+    """A model that always answers class 0, on labels [0, 0, 0, 1] and [0, 1, 1, 1]: 4 of 8 right."""
+    always_zero = nn.Linear(2, 3)
+    with torch.no_grad():
+        always_zero.weight.zero_()
+        always_zero.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    batches = [(torch.randn(4, 2), torch.tensor([0, 0, 0, 1])), (torch.randn(4, 2), torch.tensor([0, 1, 1, 1]))]
+    result = evaluate(always_zero, batches, classify)
+    assert result.accuracy == pytest.approx(50.0) and result.count == 8
+    assert result.loss == pytest.approx(F.cross_entropy(torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0])).item() * 4 / 8
+                                         + F.cross_entropy(torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([1])).item() * 4 / 8)

@@ -1,16 +1,14 @@
-"""Text classification with forceprune: SST-2/TREC readers, tokenisation with length-grouped
-batches, MiniLM loading (offline) and a fine-tuning loop, and :func:`run_sst2`.
+"""Text classification data and models: SST-2/TREC readers, tokenisation with length-grouped
+batches, and offline loading of pretrained encoders (MiniLM-L6 by default). Runs on them are
+:mod:`forceprune.runs.text`.
 
-``transformers`` is imported only when a model is loaded.
+``transformers`` is imported only when a model or tokenizer is loaded.
 """
 from .batching import TextBatches, collate, encode_texts, length_grouped_batches
-from .data import TextFormatError, read_labelled_tsv, read_sst2, read_trec
-from .finetune import evaluate, train_classifier
-from .model import load_text_classifier, resolve_model_path
-from .run import TASK, TextRunConfig, make_config, run_sst2, run_text_classification
+from .data import TextFormatError, load_splits, read_labelled_tsv, read_sst2, read_trec
+from .model import load_text_classifier, load_tokenizer, resolve_model_path
 
 __all__ = [
-    "TASK", "TextBatches", "TextFormatError", "TextRunConfig", "collate", "encode_texts", "evaluate",
-    "length_grouped_batches", "load_text_classifier", "make_config", "read_labelled_tsv", "read_sst2",
-    "read_trec", "resolve_model_path", "run_sst2", "run_text_classification", "train_classifier",
+    "TextBatches", "TextFormatError", "collate", "encode_texts", "length_grouped_batches", "load_splits",
+    "load_text_classifier", "load_tokenizer", "read_labelled_tsv", "read_sst2", "read_trec", "resolve_model_path",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 from pathlib import Path
 
 from ..data.errors import DatasetNotFoundError
@@ -130,3 +131,31 @@ def read_trec(split: str = "train", root: str | os.PathLike | None = None, fine:
     if unknown:
         raise TextFormatError(f"{path}: fine labels {unknown} do not occur in the training file.")
     return [t for _, _, t in rows], [names.index(f) for _, f, _ in rows], names
+
+
+def subset(texts: list[str], labels: list[int], n: int, seed: int) -> tuple[list[str], list[int]]:
+    """A random (seeded) subset of ``n`` examples in their original order; all when ``n`` is 0."""
+    if not n or n >= len(texts):
+        return list(texts), list(labels)
+    idx = sorted(random.Random(seed).sample(range(len(texts)), n))
+    return [texts[i] for i in idx], [labels[i] for i in idx]
+
+
+def load_splits(dataset: str, root=None, train_subset: int = 0, dev_subset: int = 0, seed: int = 0,
+                with_test: bool = True) -> dict:
+    """``{"train": (texts, labels), "dev": ..., "test": ... or None, "label_names": [...]}``.
+
+    SST-2: GLUE train/dev and SentEval's labelled test; TREC has train/test only, so its test
+    set is the evaluation ("dev") set. Subsets are seeded (dev with ``seed + 1``)."""
+    if dataset == "sst2":
+        train, dev = read_sst2("train", root), read_sst2("dev", root)
+        test = read_sst2("test", root) if with_test else None
+        names = list(SST2_LABELS)
+    elif dataset == "trec":
+        t, y, names = read_trec("train", root)
+        e, ey, _ = read_trec("test", root)
+        train, dev, test = (t, y), (e, ey), None
+    else:
+        raise ForcePruneError(f"dataset must be 'sst2' or 'trec', got {dataset!r}.")
+    return {"train": subset(*train, train_subset, seed), "dev": subset(*dev, dev_subset, seed + 1), "test": test,
+            "label_names": names}

@@ -38,23 +38,39 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
-def load_text_classifier(name_or_path: str | os.PathLike, num_labels: int, seed: int = 0):
-    """``(model, tokenizer)``: ``AutoModelForSequenceClassification`` (new classifier head
-    initialised with ``seed``) and the folder's fast tokenizer, loaded offline."""
+def _quiet_transformers():
+    """``transformers`` with its logging at errors only (returns the previous verbosity)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
     import transformers
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    path = resolve_model_path(name_or_path)
-    torch.manual_seed(seed)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # "newly initialised classifier" is expected
+    return transformers, verbosity
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+    """The fast tokenizer of a model folder (or offline alias), loaded offline."""
+    path = resolve_model_path(name_or_path)
+    transformers, verbosity = _quiet_transformers()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=num_labels)
+        return transformers.AutoTokenizer.from_pretrained(str(path))
     except OSError as exc:
-        raise ForcePruneError(f"could not load a model and tokenizer from {path}: {exc}") from exc
+        raise ForcePruneError(f"could not load a tokenizer from {path}: {exc}") from exc
     finally:
         transformers.logging.set_verbosity(verbosity)
-    return model, tokenizer
+
+
+def load_text_classifier(name_or_path: str | os.PathLike, num_labels: int, seed: int = 0):
+    """``AutoModelForSequenceClassification`` of a model folder (or offline alias), loaded
+    offline, with a new classifier head of ``num_labels`` classes initialised with ``seed``."""
+    import torch
+
+    path = resolve_model_path(name_or_path)
+    transformers, verbosity = _quiet_transformers()
+    torch.manual_seed(seed)
+    try:
+        return transformers.AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=num_labels)
+    except OSError as exc:
+        raise ForcePruneError(f"could not load a model from {path}: {exc}") from exc
+    finally:
+        transformers.logging.set_verbosity(verbosity)

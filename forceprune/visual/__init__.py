@@ -32,7 +32,8 @@ def render_pictures(report: dict[str, Any], out_dir: str | Path) -> dict[str, Pa
     if report.get("history"):
         pictures["Accuracy and MACs over training"] = plot_training(
             report["history"], out_dir / PICTURES["training"], acc_dense=report.get("acc_dense"),
-            macs_before=report.get("macs_before"), macs_after=report.get("macs_after"))
+            macs_before=report.get("macs_before"), macs_after=report.get("macs_after"),
+            split=report.get("eval_split", "test"))
     return pictures
 
 

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import atomic_write
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2rem auto;padding:0 1rem;color:#222}
 h1{font-size:1.5rem;margin-bottom:.2rem} h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
@@ -64,6 +66,7 @@ def accuracy_rows(report: dict[str, Any]) -> list[list[str]]:
     """Rows (stage, accuracy) of the accuracy table."""
     stages = [("Dense baseline", "acc_dense"), ("Force-trained, before removal", "acc_before_removal"),
               ("After removal (no fine-tuning)", "acc_after_removal"), ("Final", "acc_final"),
+              *[(f"Final, on the {name} split", f"acc_{name}") for name in report.get("extra_splits", [])],
               ("Best epoch (reference only, not used for selection)", "acc_best")]
     return [[label, _fmt(report.get(key), 2, " %")] for label, key in stages if report.get(key) is not None]
 
@@ -87,7 +90,7 @@ def render_html(report: dict[str, Any], pictures: dict[str, Path], path: str | P
         f" &middot; {_e(report.get('epochs'))} force epochs &middot; training time {_fmt(report.get('train_wall_s'), 0, ' s')}"
         f" (sum over epochs) &middot; this command {_fmt(report.get('wall_s'), 0, ' s')}</p>",
         f"<p class='note'>Dataset note: {_e(note)}</p>" if note else "",
-        "<h2>Accuracy (test set, top-1)</h2>", _table(["Stage", "Accuracy"], accuracy_rows(report)),
+        f"<h2>Accuracy ({_e(report.get('eval_split', 'test'))} set, top-1)</h2>", _table(["Stage", "Accuracy"], accuracy_rows(report)),
         "<h2>Size and speed</h2>", _table(["Quantity", "Before", "After", "Reduction"], summary_rows(report)),
         f"<p class='note'>Max output error of removal (pruned vs unpruned model, same weights): {error}. "
         "Latency: median over repeats, dense and pruned models measured side by side in one process.</p>",
@@ -98,6 +101,5 @@ def render_html(report: dict[str, Any], pictures: dict[str, Path], path: str | P
         "<h2>Versions</h2>", f"<pre>{_e(json.dumps(report.get('versions', {}), indent=2))}</pre>",
         "</body></html>",
     ]
-    path = Path(path)
-    path.write_text("\n".join(p for p in parts if p), encoding="utf-8")
-    return path
+    text = "\n".join(p for p in parts if p)
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))

@@ -4,7 +4,7 @@
   force weight on a twin axis and captured (exactly zero) units marked.
 * :func:`plot_force_history` -- unit norms over epochs as heatmaps for the largest unit sets.
 * :func:`plot_widths` -- kept width per layer, before vs after removal.
-* :func:`plot_training` -- test accuracy and MACs over the epochs of the run.
+* :func:`plot_training` -- evaluation accuracy and MACs over the epochs of the run.
 * :func:`curve_axes` -- one accuracy-vs-compression panel, for the benchmark suites.
 """
 
@@ -21,6 +21,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..checkpoint import atomic_write  # noqa: E402
+
 KEPT_COLOR, ZERO_COLOR, WEIGHT_COLOR = "#1f77b4", "#d62728", "#ff7f0e"
 BEFORE_COLOR, AFTER_COLOR, DENSE_COLOR = "#c7c7c7", "#2ca02c", "#7f7f7f"
 STYLE = {"axes.spines.top": False, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9,
@@ -36,10 +38,11 @@ class PlainLogFormatter(matplotlib.ticker.LogFormatter):
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
-    path = Path(path)
-    fig.savefig(path, dpi=DPI, facecolor="white")
-    plt.close(fig)
-    return path
+    """Write the figure as a PNG, atomically (a reader never sees half a picture)."""
+    try:
+        return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI, facecolor="white"))
+    finally:
+        plt.close(fig)
 
 
 @contextmanager
@@ -163,9 +166,15 @@ def plot_widths(layers: list[dict[str, Any]], path: str | Path) -> Path:
         return _save(fig, path)
 
 
+def _accuracy(record: dict[str, Any]) -> float:
+    """A history record's evaluation accuracy (``test_acc`` in reports written before 0.2)."""
+    return record["eval_acc"] if "eval_acc" in record else record["test_acc"]
+
+
 def plot_training(history: list[dict[str, Any]], path: str | Path, *, acc_dense: float | None = None,
-                  macs_before: float | None = None, macs_after: float | None = None) -> Path:
-    """Test accuracy (left, %) and MACs if pruned (right) over force training and fine-tuning."""
+                  macs_before: float | None = None, macs_after: float | None = None, split: str = "test") -> Path:
+    """Accuracy on the evaluation ``split`` (left, %) and MACs if pruned (right) over force
+    training and fine-tuning."""
     force = [r for r in history if r.get("phase") == "force"]
     finetune = [r for r in history if r.get("phase") == "finetune"]
     dense = [r for r in history if r.get("phase") == "dense"]
@@ -175,21 +184,21 @@ def plot_training(history: list[dict[str, Any]], path: str | Path, *, acc_dense:
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
         if dense:
-            ax.plot([r["epoch"] for r in dense], [r["test_acc"] for r in dense], color=DENSE_COLOR, lw=1.2,
-                    marker=".", label="dense baseline: test accuracy")
+            ax.plot([r["epoch"] for r in dense], [_accuracy(r) for r in dense], color=DENSE_COLOR, lw=1.2,
+                    marker=".", label=f"dense baseline: {split} accuracy")
         if acc_dense is not None:
             ax.axhline(acc_dense, color=DENSE_COLOR, ls=":", lw=1, label=f"dense final {acc_dense:.2f}%")
-        ax.plot(x_force, [r["test_acc"] for r in force], color=KEPT_COLOR, marker="o", ms=3,
-                label="force training: test accuracy")
+        ax.plot(x_force, [_accuracy(r) for r in force], color=KEPT_COLOR, marker="o", ms=3,
+                label=f"force training: {split} accuracy")
         if finetune:
-            ax.plot(x_tune, [r["test_acc"] for r in finetune], color=AFTER_COLOR, marker="o", ms=3,
-                    label="fine-tuning: test accuracy")
+            ax.plot(x_tune, [_accuracy(r) for r in finetune], color=AFTER_COLOR, marker="o", ms=3,
+                    label=f"fine-tuning: {split} accuracy")
         if force:
             ax.axvline(len(force) + 0.5, color="black", ls="--", lw=0.8)
             ax.annotate("units removed", (len(force) + 0.5, 1.0), xycoords=("data", "axes fraction"),
                         ha="right", va="top", rotation=90, fontsize=8)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(f"{split} accuracy (%)")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         twin = ax.twinx()
         twin.plot(x_force, [r.get("macs_if_pruned", np.nan) / scale for r in force], color=WEIGHT_COLOR,

@@ -28,24 +28,20 @@ batch of 32 such sentences, single-threaded, measured side by side with the unpr
 from __future__ import annotations
 
 import datetime
-import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from forceprune.baselines import GROUP_NORM
+from forceprune.errors import ForcePruneError
 
-from ..bench import fmt_cell
-from ..errors import ForcePruneError
-from .run import GROUP_NORM, run_sst2
+from .common import fmt_cell, machine, write_result
 
 METHODS = ("dense", "etp", "torque", "group_norm")
 
 
 def _widths(report: dict) -> dict:
-    return {r["name"]: r["width_after"] for r in report["removal"]["layers"]}
+    return {r["name"]: r["width_after"] for r in report["layers"]}
 
 
 def run_suite(
@@ -64,21 +60,24 @@ def run_suite(
     output_dir: str | Path | None = None,
     work_dir: str | Path | None = None,
     config: dict | None = None,
-    log=print,
+    progress: bool = True,
 ) -> dict:
     """Run the suite; writes ``sst2.json``, ``sst2.md`` and ``sst2.png`` (``sst2_smoke.*``
-    with ``smoke``) under ``output_dir`` (default ``benchmarks/results``), each run's own report
-    under ``work_dir`` (default ``runs/bench_sst2``), and returns the result. ``config`` overrides
-    keys of every run's :class:`~forceprune.text.run.TextRunConfig` (e.g. ``batch_size``)."""
+    with ``smoke``) under ``output_dir`` (default ``benchmarks/results``), each run's own run
+    directory under ``work_dir`` (default ``runs/bench_sst2``), and returns the result.
+    ``config`` overrides keys of every run's :class:`~forceprune.runs.TextConfig` (e.g.
+    ``batch_size``)."""
+    from forceprune.runs import config_from_dict, run
+
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ForcePruneError(f"unknown sst2 methods {unknown}; available: {', '.join(METHODS)}.")
     if any(not 0 < lv < 1 for lv in levels):
         raise ForcePruneError(f"levels are kept MACs fractions in (0, 1), got {list(levels)}.")
     common: dict[str, Any] = dict(
-        model=model, dataset="sst2", data_dir=data_dir, train_subset=train_subset, lr=lr, finetune_lr=lr / 2,
-        batch_size=32, weight_decay=0.01, warmup_ratio=0.06, max_length=128, seed=0, macs_seq_len=64,
-        latency_batch=32, latency_repeats=10, capture_every=5, log_every=50, threads=threads,
+        task="text_classification", model=model, dataset="sst2", data_dir=data_dir, train_subset=train_subset, lr=lr,
+        finetune_lr=lr / 2, batch_size=32, weight_decay=0.01, warmup_ratio=0.06, max_length=128, seed=0,
+        macs_seq_len=64, latency_batch=32, latency_repeats=10, capture_every=5, log_every=50, threads=threads,
     )
     if smoke:
         common.update(train_subset=256, dev_subset=128, eval_test=False, latency_batch=4, latency_repeats=2,
@@ -86,77 +85,69 @@ def run_suite(
         beta = max(beta, 20.0)  # strong enough to remove units in a few steps
     common.update(config or {})
     force_opts = {"beta": beta, "pivot": "ranked", "norm": "l2"}
-    out = Path(output_dir or "benchmarks/results")
-    out.mkdir(parents=True, exist_ok=True)
     work = Path(work_dir or Path("runs") / ("bench_sst2_smoke" if smoke else "bench_sst2"))
     E, F = epochs, finetune_epochs
     points: list[dict] = []
     t0 = time.perf_counter()
 
-    def run(method: str, level: float, cfg: dict) -> dict:
-        if log:
-            log(f"\n=== {method} @ {level:g} of the dense MACs ===")
-        report = run_sst2({**common, **cfg, "name": f"{method}@{level:g}"}, work / f"{method}_{level:g}", log=log)
+    def point(method: str, level: float, cfg: dict) -> dict:
+        if progress:
+            print(f"\n=== {method} @ {level:g} of the dense MACs ===", flush=True)
+        out = work / f"{method}_{level:g}"
+        report = run(config_from_dict({**common, **cfg, "name": f"{method}@{level:g}", "output_dir": str(out)}),
+                     overwrite=True, progress=progress)
         points.append({"method": method, "level": level, "report": report})
         return report
 
     if "dense" in methods:
-        run("dense", 1.0, {"force": "none", "epochs": E + F})
+        point("dense", 1.0, {"force": "none", "epochs": E + F})
     for level in levels if set(methods) - {"dense"} else ():  # ETP always runs: its widths define the level
-        etp = run("etp", level, {"force": "etp", "force_options": force_opts, "epochs": E, "finetune_epochs": F,
-                                 "target_macs": level})
+        etp = point("etp", level, {"force": "etp", "force_options": force_opts, "epochs": E, "finetune_epochs": F,
+                                   "target_macs": level})
         widths = _widths(etp)
         if "torque" in methods:
-            run("torque", level, {"force": "torque", "force_options": force_opts, "epochs": E, "finetune_epochs": F,
-                                  "widths": widths})
+            point("torque", level, {"force": "torque", "force_options": force_opts, "epochs": E, "finetune_epochs": F,
+                                    "widths": widths})
         if "group_norm" in methods:
-            run("group_norm", level, {"force": GROUP_NORM, "epochs": E, "finetune_epochs": F, "widths": widths})
+            point("group_norm", level, {"force": GROUP_NORM, "epochs": E, "finetune_epochs": F, "widths": widths})
 
     result = {
         "benchmark": "MiniLM-L6 / SST-2: accuracy against encoder MACs, matched per-layer widths at each level",
         "smoke": smoke,
         "command": "forceprune bench sst2" + (" --smoke" if smoke else ""),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                   f"{threads or torch.get_num_threads()} training thread(s)",
+        "machine": machine(threads),
         "budget": {"train_subset": common["train_subset"], "epochs_method": E, "epochs_finetune": F, "beta_start": beta,
                    "dev": "128" if smoke else "full (872)", "test": "none" if smoke else "SentEval labelled (1,821)"},
         "seconds": time.perf_counter() - t0,
         "points": [_row(p) for p in points],
-        "runs": {f"{p['method']}@{p['level']:g}": _without_kept(p["report"]) for p in points},
+        "runs": {f"{p['method']}@{p['level']:g}": _summary(p["report"]) for p in points},
     }
-    suffix = "_smoke" if smoke else ""
-    tmp = out / f"sst2{suffix}.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    os.replace(tmp, out / f"sst2{suffix}.json")
-    (out / f"sst2{suffix}.md").write_text(markdown(result))
-    plot(result, out / f"sst2{suffix}.png")
-    if log:
-        log("\n" + markdown(result))
+    write_result(result, Path(output_dir or "benchmarks/results"), "sst2_smoke" if smoke else "sst2", markdown, plot)
+    if progress:
+        print("\n" + markdown(result))
     return result
 
 
-def _without_kept(report: dict) -> dict:
-    """The run's report without the kept-unit index lists (they stay in the run's own report.json)."""
-    if "removal" not in report:
-        return report
-    return {**report, "removal": {k: v for k, v in report["removal"].items() if k != "kept"}}
+def _summary(report: dict) -> dict:
+    """A run's report without its per-epoch history and force field (they stay in the run's own report.json)."""
+    return {k: v for k, v in report.items() if k not in ("history", "force_field")}
 
 
 def _row(point: dict) -> dict:
     r = point["report"]
     budget = r.get("budget") or {}
+    (batch, before), = r["latency_ms_before"].items()
     return {
-        "method": point["method"], "level": point["level"], "acc_dev": r["acc_dev"], "acc_test": r.get("acc_test"),
-        "acc_dev_before_removal": r.get("acc_dev_before_removal"), "acc_dev_after_removal": r.get("acc_dev_after_removal"),
+        "method": point["method"], "level": point["level"], "acc_dev": r["acc_final"], "acc_test": r.get("acc_test"),
+        "acc_dev_before_removal": r["acc_before_removal"], "acc_dev_after_removal": r["acc_after_removal"],
         "macs_before": r["macs_before"], "macs_after": r["macs_after"],
         "encoder_macs_before": r["encoder_macs_before"], "encoder_macs_after": r["encoder_macs_after"],
         "encoder_reduction": r["encoder_macs_before"] / max(r["encoder_macs_after"], 1),
         "reached_vs_target": (r["macs_after"] / r["macs_before"] / budget["target"]) if budget.get("target") else None,
         "params_after": r["params_after"], "heads_after": r["heads_after"], "ffn_after": r["ffn_after"],
-        "latency_ms_before": r["latency_ms_before"], "latency_ms_after": r["latency_ms_after"],
-        "max_output_error": (r.get("removal") or {}).get("max_output_error"),
-        "train_s": r["train"]["seconds"] + r.get("finetune", {}).get("seconds", 0.0),
+        "latency_ms_before": before, "latency_ms_after": r["latency_ms_after"][batch],
+        "max_output_error": r["max_output_error"], "train_s": r["train_wall_s"],
     }
 
 
@@ -181,15 +172,13 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in result["points"]:
-        pct = {k: None if p.get(k) is None else 100 * p[k]
-               for k in ("acc_test", "acc_dev_before_removal", "acc_dev_after_removal")}
-        test, before, after = (fmt_cell(pct[k]) for k in pct)
-        delta = f"{100 * (p['acc_dev'] - dense['acc_dev']):+.2f}" if dense else "–"
+        test, before, after = (fmt_cell(p.get(k)) for k in ("acc_test", "acc_dev_before_removal", "acc_dev_after_removal"))
+        delta = f"{p['acc_dev'] - dense['acc_dev']:+.2f}" if dense else "–"
         reached = fmt_cell(p.get("reached_vs_target") or None, "{:.3f}")
         err = fmt_cell(p.get("max_output_error"), "{:.1e}")
         level = "dense" if p["method"] == "dense" else f"{p['level']:g}"
         lines.append(
-            f"| {level} | {p['method']} | {before} | {after} | {100 * p['acc_dev']:.2f} | {delta} | {test} "
+            f"| {level} | {p['method']} | {before} | {after} | {p['acc_dev']:.2f} | {delta} | {test} "
             f"| {p['encoder_macs_after'] / 1e6:.1f} "
             f"| {p['encoder_reduction']:.2f} | {reached} | {p['heads_after']} | {p['ffn_after']} | {err} "
             f"| {p['latency_ms_before']:.0f} → {p['latency_ms_after']:.0f} | {p['train_s']:.0f} |"
@@ -199,12 +188,12 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, path: Path) -> None:
     """Dev accuracy against the encoder MACs reduction, one line per method."""
-    from ..visual.plots import curve_axes
+    from forceprune.visual.plots import curve_axes
 
     with curve_axes(path, title="MiniLM-L6 / SST-2", xlabel="encoder MACs reduction (dense / pruned)",
                     ylabel="SST-2 dev accuracy (%)") as ax:
         for method in dict.fromkeys(p["method"] for p in result["points"]):
-            pts = sorted((p["encoder_reduction"], 100 * p["acc_dev"]) for p in result["points"] if p["method"] == method)
+            pts = sorted((p["encoder_reduction"], p["acc_dev"]) for p in result["points"] if p["method"] == method)
             xs, ys = zip(*pts)
             if method == "dense":
                 ax.axhline(ys[0], color="k", lw=1, ls="--", label="dense")

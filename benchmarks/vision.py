@@ -1,11 +1,12 @@
-"""Side-by-side benchmarks: every method, the same budget, the same seeds.
+"""The vision suites: every method, the same budget, the same seeds.
 
 ``forceprune bench SUITE`` trains and prunes each method of the suite at each MACs level and
-seed, under one training budget (same model, data, epochs, optimizer, seeds), and writes
-``<out>/<suite>.json``, ``<out>/<suite>.md`` and ``<out>/<suite>.png`` (accuracy against MACs
-reduction). Force methods reach each level through the budget controller (no beta search);
-Torch-Pruning's methods reach it with their own progressive loop. Accuracies are final-epoch
-test accuracies: nothing is selected on the test set.
+seed, under one training budget (same model, data, epochs, optimizer, seeds), through the run
+pipeline (:mod:`forceprune.runs.pipeline`), and writes ``<out>/<suite>.json``,
+``<out>/<suite>.md`` and ``<out>/<suite>.png`` (accuracy against MACs reduction). Force methods
+reach each level through the budget controller (no beta search); Torch-Pruning's methods reach
+it with their own progressive loop (:class:`forceprune.baselines.TorchPruningMethod`).
+Accuracies are final-epoch test accuracies: nothing is selected on the test set.
 
 Per point: accuracy dense / just before removal / just after removal / final, MACs and params,
 CPU latency at batch 1 and 64 in eager PyTorch and ONNX Runtime (dense and pruned measured side
@@ -15,20 +16,21 @@ against the MACs requested.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from .errors import ForcePruneError
+from forceprune.baselines import METHODS as TP_METHODS
+from forceprune.errors import ForcePruneError
+
+from .common import fmt_cell, machine, write_result
 
 FORCE_METHODS = {
     "etp": ("etp", {"beta": 1e-2, "norm": "l2"}),
@@ -37,7 +39,6 @@ FORCE_METHODS = {
     "electrostatic": ("electrostatic", {"beta": 1e-2, "norm": "l2"}),
     "gravity": ("gravity", {"beta": 1e-2}),
 }
-TP_METHODS = ("tp_l1", "tp_group_norm")
 ALL_METHODS = ("dense",) + TP_METHODS + tuple(FORCE_METHODS)
 
 
@@ -92,22 +93,13 @@ SUITES: dict[str, Suite] = {
 
 
 def main(suite: str, data_dir: str | None = None, output_dir: str | None = None, **overrides) -> dict:
-    """Run ``suite`` (a name from :data:`SUITES`, or ``"sst2"``: :mod:`forceprune.text.bench`)
-    and write its JSON, markdown and plot."""
-    if suite == "sst2":
-        from .text.bench import run_suite
-
-        if "seeds" in overrides:
-            raise ForcePruneError("the sst2 suite runs seed 0 only (about 35 min per seed on 2 CPU cores); drop --seeds.")
-        return run_suite(data_dir=data_dir, output_dir=output_dir, **overrides)
+    """Run the vision suite ``suite`` (a name from :data:`SUITES`) and write its JSON, markdown and plot."""
     if suite not in SUITES:
         raise ForcePruneError(f"unknown benchmark suite {suite!r}; available: {', '.join(SUITES)}, sst2.")
     spec = replace(SUITES[suite], **overrides) if overrides else SUITES[suite]
     unknown = sorted(set(spec.methods) - set(ALL_METHODS))
     if unknown:
         raise ForcePruneError(f"unknown methods {unknown}; available: {', '.join(ALL_METHODS)}.")
-    out = Path(output_dir or "benchmarks/results")
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     points = []
     for seed in spec.seeds:
@@ -121,12 +113,10 @@ def main(suite: str, data_dir: str | None = None, output_dir: str | None = None,
                 print(_point_line(point), flush=True)
     result = {
         "suite": asdict(spec), "points": points, "summary": summarise(points),
-        "wall_s": time.perf_counter() - started, "machine": _machine(), "date": time.strftime("%Y-%m-%d"),
+        "wall_s": time.perf_counter() - started, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
         "command": f"forceprune bench {suite}" + (f" --data-dir {data_dir}" if data_dir else ""),
     }
-    _write_json(result, out / f"{suite}.json")
-    (out / f"{suite}.md").write_text(markdown(result))
-    plot(result, out / f"{suite}.png")
+    write_result(result, Path(output_dir or "benchmarks/results"), suite, markdown, plot)
     return result
 
 
@@ -134,20 +124,20 @@ def main(suite: str, data_dir: str | None = None, output_dir: str | None = None,
 
 
 def _config(spec: Suite, method: str, level: float | None, seed: int, data_dir: str | None, beta: float | None = None):
-    from .config import RunConfig
+    from forceprune.runs import VisionConfig
 
-    force, options = FORCE_METHODS.get(method, ("etp", {}))
+    force, options = FORCE_METHODS.get(method, ("none", {}))
     if method == "electrostatic" and level is not None:  # positional charges: the repelled side must be large enough
         options = {**options, "keep_ratio": round(max(0.05, 0.8 * math.sqrt(level)), 3)}
     if beta is not None:
         options = {**options, "beta": beta}
-    is_force = method in FORCE_METHODS
-    return RunConfig(
+    is_tp = method in TP_METHODS
+    return VisionConfig(
         model=spec.model, dataset=spec.dataset, force=force, force_options=options, data_dir=data_dir,
-        epochs=spec.epochs, lr=spec.lr, batch_size=spec.batch_size, weight_decay=spec.weight_decay, seed=seed,
-        train_subset=spec.train_subset, test_subset=spec.test_subset,
-        target_macs=level if is_force else None, output_dir=tempfile.mkdtemp(prefix="fp-bench-"),
-        finetune_epochs=spec.finetune_epochs if method in TP_METHODS else 0,
+        epochs=spec.epochs - (spec.finetune_epochs if is_tp else 0), lr=spec.lr, batch_size=spec.batch_size,
+        weight_decay=spec.weight_decay, seed=seed, train_subset=spec.train_subset, test_subset=spec.test_subset,
+        target_macs=level if method in FORCE_METHODS else None, finetune_epochs=spec.finetune_epochs if is_tp else 0,
+        latency_batch_sizes=spec.latency_batches, latency_repeats=50, output_dir=tempfile.mkdtemp(prefix="fp-bench-"),
     )
 
 
@@ -155,93 +145,57 @@ def run_point(spec: Suite, method: str, level: float | None, seed: int, data_dir
               beta: float | None = None) -> dict:
     """Train and prune one (method, MACs level, seed) under the suite's budget; with ``beta``
     (and ``level=None``) a force method runs at that fixed strength with no target."""
-    from .baselines import TorchPruningMethod
-    from .models import output_layers
-    from .runner import build_model, build_pruner, open_session
-    from .train import Phase, Trainer, evaluate
+    from forceprune.baselines import TorchPruningMethod
+    from forceprune.runs.pipeline import Run, prune_stage, train_stage
+    from forceprune.runs.vision import VisionTask
 
     config = _config(spec, method, level, seed, data_dir, beta)
-    session = open_session(config, Path(config.output_dir), progress=False)
-    model, channels_last = build_model(session)
-    device, x1 = session.device, session.example_input.to(session.device)
-    started = time.perf_counter()
+    task = VisionTask(config)
+    run = Run(Path(config.output_dir), progress=False, checkpoints=False)
+    factory = None
+    if method in TP_METHODS:
+        def factory(task_, model, total_steps):
+            return TorchPruningMethod(model, task_.example_inputs, method, target_macs=level,
+                                      **task_.method_options(model))
+    kept: dict[str, Any] = {}
 
-    def fit(phase_name: str, epochs: int, pruner: Any, lr: float | None = None) -> None:
-        phase = replace(Phase.from_config(config, phase_name), epochs=epochs, **({"lr": lr} if lr else {}))
-        Trainer(model, phase, config, session.train_loader, session.test_loader, device=device,
-                channels_last=channels_last, pruner=pruner, progress=False).fit()
+    def before_removal(model, pruner) -> None:
+        if method in FORCE_METHODS:
+            kept["overhead"] = step_overhead(model, pruner, task)
+        kept["dense"] = copy.deepcopy(model)
 
-    def acc() -> float:
-        return evaluate(model, session.test_loader, device, channels_last)
-
-    point: dict[str, Any] = {"method": method, "level": level, "beta": beta, "seed": seed}
-    overhead = None
-    if method == "dense":
-        fit("dense", spec.epochs, None)
-        dense = copy.deepcopy(model)
-        point.update(acc_before_removal=acc(), acc_after_removal=None)
-        removal = None
-    elif method in TP_METHODS:
-        tpm = TorchPruningMethod(model, x1, method, ignored_layers=output_layers(model))
-        fit("force", spec.epochs - spec.finetune_epochs, tpm)
-        dense = copy.deepcopy(model)
-        point["acc_before_removal"] = acc()
-        removal = tpm.prune_to(level)
-        removal["max_output_error"] = None
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        point["acc_after_removal"] = acc()
-        if spec.finetune_epochs:
-            fit("finetune", spec.finetune_epochs, None, lr=0.1 * spec.lr)
-    else:
-        pruner = build_pruner(model, session)
-        fit("force", spec.epochs, pruner)
-        overhead = step_overhead(model, pruner, session, channels_last)
-        dense = copy.deepcopy(model)
-        point["acc_before_removal"] = acc()
-        report = pruner.prune(calibration_inputs=session.calibration.to(device))
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        point["acc_after_removal"] = acc()
-        removal = report.to_dict()
-    point["acc_final"] = acc()
-    point["train_s"] = time.perf_counter() - started
-    if removal is not None:
-        point.update(macs_before=removal["macs_before"], macs_after=removal["macs_after"],
-                     params_before=removal["params_before"], params_after=removal["params_after"],
-                     max_output_error=removal["max_output_error"])
-        point["macs_reduction"] = removal["macs_before"] / max(removal["macs_after"], 1)
-        point["macs_reached_vs_target"] = removal["macs_after"] / removal["macs_before"] / level if level else None
-    else:
-        from .metrics import count_macs_params
-
-        macs, params = count_macs_params(model, x1)
-        point.update(macs_before=macs, macs_after=macs, params_before=params, params_after=params,
-                     macs_reduction=1.0, max_output_error=None)
-    point["step_overhead"] = overhead
-    point["latency"] = latencies(dense, model, session, spec.latency_batches) if method != "dense" else None
+    trained = train_stage(task, run, method_factory=factory)
+    report = prune_stage(task, run, trained, write=False, before_removal=before_removal)  # prunes trained.model in place
+    point: dict[str, Any] = {
+        "method": method, "level": level, "beta": beta, "seed": seed,
+        "acc_before_removal": report["acc_before_removal"], "acc_after_removal": report["acc_after_removal"],
+        "acc_final": report["acc_final"], "train_s": report["train_wall_s"],
+        "macs_before": report["macs_before"], "macs_after": report["macs_after"],
+        "params_before": report["params_before"], "params_after": report["params_after"],
+        "max_output_error": report["max_output_error"], "macs_reduction": report["macs_reduction"],
+        "macs_reached_vs_target": report["macs_after"] / report["macs_before"] / level if level and method != "dense" else None,
+        "step_overhead": kept.get("overhead"),
+    }
+    point["latency"] = None if method == "dense" else latencies(report, kept["dense"], trained.model, task)
     return point
 
 
-def step_overhead(model, pruner, session, channels_last: bool, steps: int = 20) -> float:
+def step_overhead(model, pruner, task, steps: int = 20) -> float:
     """Extra time of ``penalty()`` + ``pruner.step()`` relative to a plain training step
     (median over interleaved rounds, same batch, SGD at lr 0), with the force *active* (a met
     budget switches the force off and freezes capture, which would hide their cost); the model's
     weights and the pruner's state are restored afterwards."""
-    from .train import to_device
-
     saved = copy.deepcopy(model.state_dict()), pruner.state_dict(), pruner.optimizer
     if pruner.controller is not None:
         pruner.controller.reached, pruner.controller.scale = False, 1.0
-    x, y = next(iter(session.train_loader))
-    x, y = to_device(x, session.device, channels_last), y.to(session.device)
+    batch = next(iter(task.train_batches))
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     pruner.attach_optimizer(opt)
 
     def one(with_force: bool) -> float:
         t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
+        loss = task.objective(model, batch)[0]
         if with_force:
             loss = loss + pruner.penalty()
         opt.zero_grad()
@@ -261,18 +215,15 @@ def step_overhead(model, pruner, session, channels_last: bool, steps: int = 20) 
     return statistics.median(forced) / statistics.median(plain) - 1.0
 
 
-def latencies(dense, pruned, session, batches) -> dict:
-    """Median ms per forward pass, dense vs pruned, eager and ONNX Runtime, side by side."""
-    from .metrics import measure_latency
-
+def latencies(report: dict, dense, pruned, task) -> dict:
+    """Median ms per forward pass, dense vs pruned: eager (the report's, measured side by side)
+    and ONNX Runtime (on test images)."""
     out: dict[str, Any] = {}
-    images = session.calibration
-    for b in batches:
-        x = images[torch.arange(b) % len(images)].to(session.device)
-        rounds = [(measure_latency(dense, x, repeats=10), measure_latency(pruned, x, repeats=10)) for _ in range(5)]
-        d, p = statistics.median(r[0] for r in rounds), statistics.median(r[1] for r in rounds)
+    images = task.calibration_inputs
+    for b, d in report["latency_ms_before"].items():
+        p = report["latency_ms_after"][b]
         out[f"eager_b{b}"] = {"dense_ms": d, "pruned_ms": p, "speedup": d / p}
-        ort = _ort_latency(dense, pruned, x)
+        ort = _ort_latency(dense, pruned, images[torch.arange(int(b)) % len(images)])
         if ort is not None:
             out[f"ort_b{b}"] = ort
     return out
@@ -282,10 +233,9 @@ def _ort_latency(dense, pruned, x) -> dict | None:
     try:
         import onnxruntime as ort
 
-        from .export import export_onnx
+        from forceprune.export import export_onnx
     except ImportError:
         return None
-    times = {}
     with tempfile.TemporaryDirectory() as tmp:
         sessions = {}
         for name, model in (("dense", dense), ("pruned", pruned)):
@@ -296,11 +246,11 @@ def _ort_latency(dense, pruned, x) -> dict | None:
             opts.intra_op_num_threads = torch.get_num_threads()
             sessions[name] = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         feed = x.cpu().numpy()
-        for name, sess in sessions.items():
+        for sess in sessions.values():
             inp = sess.get_inputs()[0].name
             for _ in range(5):
                 sess.run(None, {inp: feed})
-        rounds = {"dense": [], "pruned": []}
+        rounds: dict[str, list[float]] = {"dense": [], "pruned": []}
         for _ in range(5):
             for name, sess in sessions.items():
                 inp = sess.get_inputs()[0].name
@@ -342,11 +292,6 @@ def summarise(points: list[dict]) -> list[dict]:
     return rows
 
 
-def fmt_cell(v, spec="{:.2f}", none="–") -> str:
-    """A table cell: ``v`` formatted with ``spec``, or ``none`` when it is missing."""
-    return none if v is None else spec.format(v)
-
-
 def markdown(result: dict) -> str:
     suite = result["suite"]
     lines = [
@@ -380,7 +325,7 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, path: Path) -> None:
     """Pareto plot: final accuracy against MACs reduction (log scale), one line per method."""
-    from .visual.plots import curve_axes
+    from forceprune.visual.plots import curve_axes
 
     rows = result["summary"]
 
@@ -406,11 +351,3 @@ def _point_line(p: dict) -> str:
             f"MACs {p['macs_reduction']:.1f}x  ({p['train_s']:.0f}s)")
 
 
-def _machine() -> str:
-    return f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
-
-def _write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)

@@ -1,0 +1,288 @@
+"""The one run pipeline, for every task.
+
+``run(config)``: (optional dense baseline) -> training with the force -> capture -> removal of
+the captured units -> (optional fine-tuning) -> the dense and pruned models measured side by
+side -> ``report.json``, pictures, ``report.html`` and the pruned model in ``config.output_dir``.
+
+It is two stages that can also be called alone (``forceprune train`` / ``forceprune prune``):
+:func:`train` runs the training phases, checkpointing every epoch to
+``<run>/checkpoints/{dense,force,finetune}.pt``; :func:`prune` loads a trained run directory,
+removes units and writes the report. Every phase resumes from its checkpoint. The task adapter
+(:mod:`forceprune.runs.tasks`) supplies data, model, objective and recipes; the pruning method
+is a :class:`~forceprune.ForcePruner` or a baseline (:mod:`forceprune.baselines`).
+
+Report schema (every task): accuracies in percent on the task's evaluation split
+(``eval_split``): ``acc_dense``, ``acc_before_removal``, ``acc_after_removal``, ``acc_final``
+(the last epoch's model: nothing is selected), ``acc_<split>`` for further held-out splits;
+``macs_*`` / ``params_*`` per sample; ``latency_ms_before`` / ``_after`` per batch label;
+``max_output_error`` of the removal; ``layers`` (widths); ``history`` (one record per epoch).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from .._version import software_versions
+from ..budget import TARGET_KEYS
+from ..checkpoint import write_json
+from ..metrics import count_macs_params, side_by_side_latency
+from .config import ConfigError, RunConfig
+from .loop import Trainer, evaluate, seed_everything
+from .rundir import (
+    CONFIG_FILE, PRUNED_DIR, REPORT_FILE, RunDirError, changed_settings, check_output_dir, checkpoint_path,
+    claim_output_dir, complete_checkpoint, report_artifacts, saved_config,
+)
+from .tasks import config_from_dict, open_task
+
+ACC_BEST_NOTE = ("highest evaluation accuracy of any epoch (force training or fine-tuning); for reference only, "
+                 "NOT used for model selection: the reported and saved model is the last epoch's")
+MethodFactory = Callable[[Any, nn.Module, int], Any]
+
+
+@dataclass
+class Run:
+    """Where a run writes and how it talks: ``checkpoints=False`` trains without writing any."""
+
+    out_dir: Path
+    progress: bool = True
+    command: str = ""
+    checkpoints: bool = True
+    started: float = field(default_factory=time.perf_counter)
+
+    def checkpoint(self, phase: str) -> Path | None:
+        return checkpoint_path(self.out_dir, phase) if self.checkpoints else None
+
+    def log(self, message: str) -> None:
+        if self.progress:
+            import sys
+
+            print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Trained:
+    """The training stage's result: the force-trained model and its method, before removal."""
+
+    model: nn.Module
+    method: Any
+    history: list[dict[str, Any]]
+    acc_dense: float | None
+
+
+def build_method(task, model: nn.Module, total_steps: int) -> Any:
+    """The pruning method of the task's config: a :class:`~forceprune.ForcePruner`, a baseline,
+    or None (``force = "none"``: nothing is pruned)."""
+    from ..baselines import GROUP_NORM, GroupNormWidths
+    from ..pruner import ForcePruner
+
+    c, options = task.config, task.method_options(model)
+    if c.force == "none":
+        return None
+    if c.force == GROUP_NORM:
+        return GroupNormWidths(model, task.example_inputs, c.widths, **options)
+    targets = {k: getattr(c, k) for k in TARGET_KEYS if getattr(c, k) is not None}
+    budget = {"total_steps": total_steps, "budget": dict(c.budget)} if targets else {}
+    return ForcePruner(model, task.example_inputs, force=c.force, capture=c.capture, threshold=c.threshold,
+                       capture_every=c.capture_every, snap=c.snap, cost_power=c.cost_power, **options, **targets,
+                       **budget, **c.force_options)
+
+
+def _fit(task, run: Run, phase_name: str, model: nn.Module, method: Any, resume: bool) -> list[dict[str, Any]]:
+    c = task.config
+    trainer = Trainer(model, task.phase(phase_name), task.train_batches, task.eval_batches, task.objective,
+                      device=task.device, method=method, force_mode=c.force_mode, amp=getattr(c, "amp", False),
+                      checkpoint_path=run.checkpoint(phase_name), progress=run.progress, meta=c.to_dict(),
+                      log_every=getattr(c, "log_every", 0))
+    if resume and trainer.resume():
+        run.log(f"resumed {phase_name} phase after epoch {trainer.epoch}/{trainer.epochs}")
+    return trainer.fit()
+
+
+def train_stage(task, run: Run, *, resume: bool = False, method_factory: MethodFactory | None = None) -> Trained:
+    """Dense baseline (if ``dense_epochs``) and force training, each resumable from its checkpoint.
+    ``method_factory(task, model, total_steps)`` replaces :func:`build_method` (benchmarks)."""
+    history: list[dict[str, Any]] = []
+    acc_dense = None
+    if task.config.dense_epochs > 0:
+        history += _fit(task, run, "dense", task.build_model(), None, resume)
+        acc_dense = history[-1]["eval_acc"]
+    model = task.build_model()
+    total = task.phase("force").total_steps(max(len(task.train_batches), 1))
+    method = (method_factory or build_method)(task, model, total)
+    history += _fit(task, run, "force", model, method, resume)
+    return Trained(model, method, history, acc_dense)
+
+
+def load_trained(task, run: Run) -> Trained:
+    """Rebuild the training stage's result from a run directory's complete checkpoints."""
+    history: list[dict[str, Any]] = []
+    acc_dense = None
+    if task.config.dense_epochs > 0:
+        history += complete_checkpoint(run.out_dir, "dense", _epochs(task, "dense"), task.device)["history"]
+        acc_dense = history[-1]["eval_acc"]
+    state = complete_checkpoint(run.out_dir, "force", _epochs(task, "force"), task.device)
+    model = task.build_model()
+    model.load_state_dict(state["model"])
+    method = build_method(task, model, task.phase("force").total_steps(max(len(task.train_batches), 1)))
+    if method is not None:
+        method.load_state_dict(state["pruner"])
+    return Trained(model, method, history + state["history"], acc_dense)
+
+
+def _epochs(task, phase: str) -> int:
+    """How many (possibly partial) epochs a phase has: its checkpoint is complete after that many."""
+    steps_per_epoch = max(len(task.train_batches), 1)
+    return -(-task.phase(phase).total_steps(steps_per_epoch) // steps_per_epoch)
+
+
+def prune_stage(task, run: Run, trained: Trained, *, resume: bool = False, write: bool = True,
+                before_removal: Callable[[nn.Module, Any], None] | None = None) -> dict[str, Any]:
+    """Remove units, fine-tune, measure side by side and (with ``write``) save report, pictures
+    and model. ``before_removal(model, method)`` runs first (benchmarks measure overheads there)."""
+    c, model, method = task.config, trained.model, trained.method
+    if before_removal is not None:
+        before_removal(model, method)
+
+    def accuracy(batches=None) -> float:
+        return evaluate(model, task.eval_batches if batches is None else batches, task.objective).accuracy
+
+    described = {f"{k}_before": v for k, v in task.describe(model).items()}
+    acc_before = accuracy()
+    force_field = method.force_field() if method is not None else []
+    unit_kinds = {us.name: us.kind for us in getattr(method, "unit_sets", [])}
+    controller = getattr(method, "controller", None)
+    dense_copy = copy.deepcopy(model)
+    macs_dense, params_dense = count_macs_params(model, task.example_inputs)
+    removal, acc_after = None, None
+    if method is not None:
+        removal = method.prune(widths=c.widths, calibration_inputs=task.calibration_inputs) if c.widths is not None \
+            else method.prune(calibration_inputs=task.calibration_inputs)
+        model = task.formatted(model)
+        run.log(removal.table())
+        acc_after = accuracy()
+    history = trained.history
+    if c.finetune_epochs > 0:
+        seed_everything(c.seed, getattr(c, "deterministic", False))  # the same fine-tuning whether run or train + prune
+        history = history + _fit(task, run, "finetune", model, None, resume)
+    settings = task.latency_settings()
+    latency = {label: side_by_side_latency(dense_copy, model, inputs, **settings)
+               for label, inputs in task.latency_inputs().items()}
+    macs_after, params_after = count_macs_params(model, task.example_inputs)
+    report = {
+        "task": c.task_name, "model": c.model, "dataset": c.dataset, "dataset_note": task.dataset_note,
+        "force": c.force, "force_options": c.force_options, "seed": c.seed, "epochs": c.epochs,
+        "dense_epochs": c.dense_epochs, "finetune_epochs": c.finetune_epochs, "eval_split": task.eval_split,
+        "acc_dense": trained.acc_dense, "acc_before_removal": acc_before, "acc_after_removal": acc_after,
+        "acc_final": accuracy(), "extra_splits": list(task.extra_evals),
+        **{f"acc_{name}": accuracy(b) for name, b in task.extra_evals.items()},
+        "acc_best": _best_accuracy(history), "acc_best_note": ACC_BEST_NOTE,
+        "macs_before": macs_dense, "macs_after": macs_after, "macs_reduction": macs_dense / max(macs_after, 1),
+        "params_before": params_dense, "params_after": params_after, "params_reduction": params_dense / max(params_after, 1),
+        "latency_ms_before": {k: v[0] for k, v in latency.items()}, "latency_ms_after": {k: v[1] for k, v in latency.items()},
+        "latency_note": f"median ms per forward pass on {task.device.type}, dense and pruned measured side by side",
+        "max_output_error": removal.max_output_error if removal is not None else None,
+        "layers": removal.layers if removal is not None else [],
+        "removal_warnings": removal.warnings if removal is not None else [], "unit_kinds": unit_kinds,
+        "budget": controller.describe() if controller is not None else None,
+        **described, **{f"{k}_after": v for k, v in task.describe(model).items()},
+        **(task.facts() if hasattr(task, "facts") else {}),
+        "history": history, "force_field": force_field,
+        "train_wall_s": sum(r["wall_s"] for r in history), "wall_s": time.perf_counter() - run.started,
+        "command": run.command, "config": c.to_dict(), "versions": software_versions(task.device),
+        "pruned_model": None,
+    }
+    if write:
+        if method is not None:
+            task.save(model, method, run.out_dir / PRUNED_DIR)
+            report["pruned_model"] = PRUNED_DIR
+        write_report(report, run.out_dir)
+    return report
+
+
+def _best_accuracy(history: list[dict[str, Any]]) -> float | None:
+    accs = [r["eval_acc"] for r in history if r["phase"] in ("force", "finetune")]
+    return max(accs) if accs else None
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write report.json (atomically), the pictures and report.html."""
+    from ..visual import render_report
+
+    write_json(report, out_dir / REPORT_FILE)
+    return render_report(report, out_dir)
+
+
+# -- entry points ------------------------------------------------------------------------------
+def _start(config: RunConfig, command: str, config_path, overwrite: bool, resume: bool, progress: bool):
+    """Check the run directory, load the data, then (only then) write into the directory."""
+    protected = tuple(p for p in (config_path,) if p is not None)
+    stale = check_output_dir(config.output_dir, overwrite=overwrite, resume=resume, protected=protected)
+    out = Path(config.output_dir)
+    if resume and (out / CONFIG_FILE).exists():
+        changed = changed_settings(saved_config(out), config.to_dict())
+        if changed:
+            raise ConfigError(f"cannot resume {out}: the config differs in {', '.join(changed)}; resume with the same "
+                              "settings, or start again (overwrite) or in another output directory")
+    task = open_task(config)
+    claim_output_dir(out, stale)
+    write_json(config.to_dict(), out / CONFIG_FILE)
+    return task, Run(out, progress=progress, command=command)
+
+
+def run(config: RunConfig, *, command: str = "", config_path: str | Path | None = None, overwrite: bool = False,
+        resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train with the force, remove units, fine-tune, measure, write the run directory; return the report."""
+    task, run_ = _start(config, command, config_path, overwrite, resume, progress)
+    return prune_stage(task, run_, train_stage(task, run_, resume=resume), resume=resume)
+
+
+def train(config: RunConfig, *, command: str = "", config_path: str | Path | None = None, overwrite: bool = False,
+          resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Training stage only (no removal): checkpoints in ``<output_dir>/checkpoints``; returns a summary."""
+    task, run_ = _start(config, command, config_path, overwrite, resume, progress)
+    trained = train_stage(task, run_, resume=resume)
+    summary = trained.method.summary() if trained.method is not None else {}
+    return {"output_dir": str(run_.out_dir), "acc_dense": trained.acc_dense,
+            "acc_before_removal": trained.history[-1]["eval_acc"], **summary}
+
+
+def load_run_config(run_dir: str | Path, data_dir: str | None = None) -> RunConfig:
+    """The config saved in a run directory (optionally with another data directory)."""
+    data = saved_config(run_dir)
+    data["output_dir"] = str(run_dir)
+    if data_dir is not None:
+        data["data_dir"] = data_dir
+    return config_from_dict(data, source=str(Path(run_dir) / CONFIG_FILE))
+
+
+def prune(run_dir: str | Path, *, command: str = "", data_dir: str | None = None, overwrite: bool = False,
+          resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Load a trained run directory, remove captured units (then fine-tune if configured), write the report.
+
+    ``resume`` continues an interrupted fine-tuning; ``overwrite`` replaces an existing report."""
+    config = load_run_config(run_dir, data_dir)
+    stale = check_output_dir(run_dir, overwrite=overwrite, resume=resume,
+                             artifacts=[*report_artifacts(), "checkpoints/finetune.pt"])
+    task = open_task(config)
+    run_ = Run(Path(run_dir), progress=progress, command=command)
+    claim_output_dir(run_dir, stale)
+    return prune_stage(task, run_, load_trained(task, run_), resume=resume)
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | None = None) -> dict[str, Any]:
+    """Evaluate the final pruned model of a finished run (``<run>/pruned``) on the run's data:
+    ``{"accuracy" (percent), "count", "eval_split", "macs", "params"}``."""
+    config = load_run_config(run_dir, data_dir)
+    path = Path(run_dir) / PRUNED_DIR
+    if not path.exists():
+        raise RunDirError(f"{run_dir} has no {PRUNED_DIR}/ model; finish the run first", reason="incomplete", path=run_dir)
+    task = open_task(config)
+    model = task.load(path)
+    result = evaluate(model, task.eval_batches, task.objective)
+    macs, params = count_macs_params(model, task.example_inputs)
+    return {"accuracy": result.accuracy, "count": result.count, "eval_split": task.eval_split, "macs": macs, "params": params}
