@@ -27,6 +27,8 @@ from typing import Any, BinaryIO, Callable, Iterator
 import numpy as np
 import torch
 
+from .errors import ForcePruneError
+
 
 def _temp_beside(path: Path, kind: str) -> Path:
     """A fresh hidden name beside ``path`` (``.name.<kind>-<pid>-<random>``)."""
@@ -134,6 +136,35 @@ def write_json(data: Any, path: str | Path) -> Path:
     """Write JSON atomically (UTF-8, indented)."""
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=True) + "\n"
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def read_text(path: str | Path, fix: str, error: type[ForcePruneError] = ForcePruneError) -> str:
+    """The UTF-8 text of ``path``. A missing, unreadable or non-UTF-8 file raises ``error``
+    naming the file, what is wrong and ``fix`` (what the user should do)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path} does not exist; {fix}") from None
+    except IsADirectoryError:
+        raise error(f"{path} is a directory, not a file; {fix}") from None
+    except OSError as exc:
+        raise error(f"cannot read {path} ({exc.strerror or exc}); check its permissions, or {fix}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path} is not a UTF-8 text file (byte {exc.start} is {raw[exc.start:exc.start + 1]!r}); "
+                    f"{fix}") from None
+
+
+def read_json(path: str | Path, fix: str, error: type[ForcePruneError] = ForcePruneError) -> Any:
+    """The JSON data of ``path``; a damaged file raises ``error`` naming it and ``fix``
+    (see :func:`read_text` for the other faults)."""
+    text = read_text(path, fix, error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path} is not valid JSON ({exc}); the file is damaged: {fix}") from None
 
 
 def rng_state() -> dict[str, Any]:

@@ -229,6 +229,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .checkpoint import read_json
     from .errors import ForcePruneError
     from .runs.rundir import REPORT_FILE
     from .visual import render_report
@@ -236,10 +237,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.run_dir) / REPORT_FILE
     if not path.exists():
         raise ForcePruneError(f"{path} does not exist; finish the run first (forceprune run / forceprune prune)")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ForcePruneError(f"{path} is damaged ({exc}); re-create it with forceprune prune {args.run_dir} --overwrite") from None
+    report = read_json(path, f"re-create it with: forceprune prune {args.run_dir} --overwrite")
+    if not isinstance(report, dict):
+        raise ForcePruneError(f"{path} does not hold a report; re-create it with: forceprune prune {args.run_dir} --overwrite")
     for caption, file in render_report(report, args.run_dir).items():
         print(f"{caption}: {file}")
     return 0

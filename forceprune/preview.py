@@ -15,16 +15,8 @@ import torch_pruning as tp
 
 from ._torch import eval_mode
 from .metrics import count_macs_params
-from .removal import RemovalPlan, apply_removal
+from .removal import RemovalPlan, apply_removal, keep_one
 from .units import UnitSet
-
-
-def keep_one(remove: torch.Tensor) -> torch.Tensor:
-    """Never remove every unit of a set: keep the first (the pivot side) if all would go."""
-    if bool(remove.all()):
-        remove = remove.clone()
-        remove[0] = False
-    return remove
 
 
 def pruned_copy(model: nn.Module, unit_sets: list[UnitSet], inputs, removable: list[torch.Tensor]) -> nn.Module:

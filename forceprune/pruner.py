@@ -21,16 +21,16 @@ import torch.nn as nn
 
 from ._torch import model_device, to_device
 from .budget import Budget, BudgetController, target_of
-from .budget_selection import capture_within_budget, complete_budget
+from .budget_selection import capture_within_budget
 from .capture import CAPTURE_MODES, apply_captures, build_masks, clip_elements, enforce_zeros, find_captures
 from .errors import ForcePruneError, NonFiniteError
 from .forces import Force, resolve
 from .latency import latency_budget
 from .metrics import count_macs_params
-from .preview import counts_if_removed, floor_masks, keep_one, pruned_copy
+from .preview import counts_if_removed, floor_masks, pruned_copy
 from .proximal import proximal_force_step
-from .removal import RemovalPlan, remove, removable_units
-from .scoring import cost_weights, force_field, prox_bounds, scores, signs, weakest_tail
+from .removal import keep_one, plan_removal, remove, removable_units
+from .scoring import cost_weights, force_field, prox_bounds, scores, signs
 from .report import PruneReport
 from .units import UNIT_KINDS, build_unit_sets
 
@@ -102,9 +102,7 @@ class ForcePruner:
         self.force, defaults = resolve(force, force_options)
         self.capture_mode = capture if capture is not None else defaults["capture"]
         self.threshold = float(threshold if threshold is not None else defaults["threshold"])
-        _check_capture_options(self.capture_mode, self.threshold, capture_every, snap, cost_power)
-        if kinds is not None and (isinstance(kinds, str) or not set(kinds) <= set(UNIT_KINDS)):
-            raise ForcePruneError(f"kinds={kinds!r}: give a list of unit kinds from {UNIT_KINDS}, e.g. kinds=('head', 'neuron').")
+        _check_options(self.capture_mode, self.threshold, capture_every, snap, cost_power, kinds)
         self.capture_every, self.snap, self.cost_power = capture_every, float(snap), float(cost_power)
         targets = {"target_macs": target_macs, "target_params": target_params, "target_latency_ms": target_latency_ms}
         target = target_of(targets, budget)  # checked before the (slow) trace
@@ -273,6 +271,11 @@ class ForcePruner:
         return pruned_copy(self.model, self.unit_sets, self._inputs(), removable)
 
     # -- introspection -------------------------------------------------------------------------
+    @property
+    def units_captured(self) -> int:
+        """Units held at exactly zero so far (over every unit set)."""
+        return int(sum(int(us.dead.sum()) for us in self.unit_sets))
+
     def force_field(self) -> list[dict]:
         """Per unit set: unit norms, normalised distances, force weights and captured units."""
         return force_field(self.force, self.unit_sets)
@@ -308,7 +311,8 @@ class ForcePruner:
         _check_finite(self.model)
         inputs = self._inputs()
         calib = inputs if calibration_inputs is None else self._inputs(calibration_inputs)
-        plans, notes = self._plans(widths, tolerance)
+        budget = self.controller.budget if self.controller is not None else None
+        plans, notes = plan_removal(self.unit_sets, self.force, widths, tolerance, budget, self._fraction_if_removed)
         report = remove(self.model, self.graph, plans, inputs, calib, mode="zero" if widths is None else "width", notes=notes)
         self.history.append(report)
         for us in self.unit_sets:
@@ -316,31 +320,6 @@ class ForcePruner:
         self._rebuild(allow_empty=True)
         self._summary_cache = self._counts_now = None
         return report
-
-    def _plans(self, widths: dict[str, int] | None, tolerance: float) -> tuple[list[RemovalPlan], list[str]]:
-        """What :meth:`prune` removes from each unit set, and notes for the report."""
-        if widths is not None:
-            unknown = sorted(set(widths) - {us.name for us in self.unit_sets})
-            if unknown:
-                raise ForcePruneError(
-                    f"widths names unknown unit sets {unknown}; valid names: {[us.name for us in self.unit_sets]}."
-                )
-            removes = [weakest_tail(self.force, us, _width(us.name, widths.get(us.name, us.size))) for us in self.unit_sets]
-            folds = [torch.zeros(us.size, dtype=torch.bool) for us in self.unit_sets]
-        else:
-            pairs = [removable_units(us, tolerance) for us in self.unit_sets]
-            removes, folds = [r for r, _ in pairs], [f for _, f in pairs]
-        notes: list[str] = []
-        if widths is None and self.controller is not None:
-            unit_scores = [scores(self.force, us) for us in self.unit_sets]
-            removes, notes = complete_budget(removes, unit_scores, self._fraction_if_removed, self.controller.budget)
-        plans = []
-        for us, rem, fold in zip(self.unit_sets, removes, folds):
-            if bool(rem.all()):
-                notes.append(f"{us.name}: every unit could be removed; kept one so the layer still exists")
-                rem = keep_one(rem)
-            plans.append(RemovalPlan(us, rem, fold & rem))
-        return plans, notes
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -367,7 +346,7 @@ class ForcePruner:
         enforce_zeros(self._masks, self.optimizer)
 
 
-def _check_capture_options(capture: str, threshold: float, capture_every, snap, cost_power) -> None:
+def _check_options(capture: str, threshold: float, capture_every, snap, cost_power, kinds) -> None:
     if capture not in CAPTURE_MODES:
         raise ForcePruneError(f"capture={capture!r} is not supported; choose 'unit' or 'element'.")
     if not (math.isfinite(threshold) and threshold >= 0):
@@ -378,12 +357,8 @@ def _check_capture_options(capture: str, threshold: float, capture_every, snap, 
         raise ForcePruneError(f"snap must be a finite number >= 0, got {snap!r}; 1.0 is the proximal bound.")
     if not (isinstance(cost_power, (int, float)) and 0 <= cost_power <= 4):
         raise ForcePruneError(f"cost_power must be in [0, 4], got {cost_power!r}; 0 = uniform, 1 = MACs-proportional.")
-
-
-def _width(name: str, k) -> int:
-    if not isinstance(k, int) or k < 1:
-        raise ForcePruneError(f"width for {name!r} must be an int >= 1, got {k!r} (a layer keeps at least one unit).")
-    return k
+    if kinds is not None and (isinstance(kinds, str) or not set(kinds) <= set(UNIT_KINDS)):
+        raise ForcePruneError(f"kinds={kinds!r}: give a list of unit kinds from {UNIT_KINDS}, e.g. kinds=('head', 'neuron').")
 
 
 def _check_finite(model: nn.Module) -> None:

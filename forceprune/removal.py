@@ -18,10 +18,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from typing import Callable
+
 from ._torch import eval_mode, flatten_tensors, run_model
+from .budget import Budget
+from .budget_selection import complete_budget
 from .capture import producers_zero
+from .errors import ForcePruneError
+from .forces import Force
 from .metrics import count_macs_params, layer_macs
 from .report import PruneReport
+from .scoring import scores, weakest_tail
 from .units import CONSUMER, UnitSet
 
 
@@ -48,6 +55,50 @@ def removable_units(us: UnitSet, tolerance: float = 0.0) -> tuple[torch.Tensor, 
     if not us.has_role(CONSUMER):
         constant &= False
     return silent | constant, constant
+
+
+def keep_one(remove: torch.Tensor) -> torch.Tensor:
+    """Never remove every unit of a set: keep the first (the pivot side) if all would go."""
+    if bool(remove.all()):
+        remove = remove.clone()
+        remove[0] = False
+    return remove
+
+
+def plan_removal(unit_sets: list[UnitSet], force: Force, widths: dict[str, int] | None, tolerance: float,
+                 budget: Budget | None, fraction: Callable[[list[torch.Tensor]], float]) -> tuple[list[RemovalPlan], list[str]]:
+    """What a removal takes from each unit set, and notes for its report.
+
+    Zero mode (``widths=None``): the units that are exactly zero (or ``<= tolerance``); with a
+    ``budget``, completed by :func:`~forceprune.budget_selection.complete_budget` (``fraction``
+    gives the kept cost fraction of a set of removal masks). Width mode: in each set named in
+    ``widths``, every unit but the ``k`` with the largest force-weighted norm. A set always keeps
+    one unit."""
+    if widths is None:
+        pairs = [removable_units(us, tolerance) for us in unit_sets]
+        removes, folds = [r for r, _ in pairs], [f for _, f in pairs]
+    else:
+        unknown = sorted(set(widths) - {us.name for us in unit_sets})
+        if unknown:
+            raise ForcePruneError(f"widths names unknown unit sets {unknown}; valid names: {[us.name for us in unit_sets]}.")
+        removes = [weakest_tail(force, us, _width(us.name, widths.get(us.name, us.size))) for us in unit_sets]
+        folds = [torch.zeros(us.size, dtype=torch.bool) for us in unit_sets]
+    notes: list[str] = []
+    if widths is None and budget is not None:
+        removes, notes = complete_budget(removes, [scores(force, us) for us in unit_sets], fraction, budget)
+    plans = []
+    for us, rem, fold in zip(unit_sets, removes, folds):
+        if bool(rem.all()):
+            notes.append(f"{us.name}: every unit could be removed; kept one so the layer still exists")
+            rem = keep_one(rem)
+        plans.append(RemovalPlan(us, rem, fold & rem))
+    return plans, notes
+
+
+def _width(name: str, k) -> int:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ForcePruneError(f"width for {name!r} must be an int >= 1, got {k!r} (a layer keeps at least one unit).")
+    return k
 
 
 def _channel_values(x: torch.Tensor, module: nn.Module, index: torch.Tensor) -> torch.Tensor:

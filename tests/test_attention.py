@@ -15,7 +15,6 @@ from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
 from forceprune.integrations.transformers import record_pruning  # noqa: E402
 
-warnings.filterwarnings("ignore", message=".*No positional inputs.*")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from forceprune.integrations.transformers import (  # noqa: E402
     save_pruned_pretrained,
 )
 
-warnings.filterwarnings("ignore", message=".*No positional inputs.*")
 
 
 def tiny_bert(seed=0):

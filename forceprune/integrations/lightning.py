@@ -264,7 +264,7 @@ class ForcePruneCallback(pl.Callback):
         self.pruner.capture()
         if is_distributed():
             broadcast_capture_state(self.pruner)
-        zero = sum(int(us.dead.sum()) for us in self.pruner.unit_sets)
+        zero = self.pruner.units_captured
         pl_module.log("forceprune/units_captured", float(zero), on_step=False, on_epoch=True)
         if self.remove_at != "fit_end" and trainer.current_epoch == self.remove_at:
             self._remove(trainer, pl_module)

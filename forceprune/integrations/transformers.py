@@ -241,7 +241,7 @@ class ForcePruneCallback(TrainerCallback):
             return
         extra = {
             "forceprune_penalty": self.last_penalty,
-            "forceprune_units_zero": int(sum(int(us.dead.sum()) for us in self.pruner.unit_sets)),
+            "forceprune_units_zero": self.pruner.units_captured,
         }
         logs.update(extra)
         # the Trainer appended a copy of ``logs`` to its history just before calling us

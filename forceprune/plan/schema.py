@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .._version import __version__
+from .._version import __version__, library_versions
 from ..errors import ForcePruneError
 
 PLAN_FORMAT = "forceprune-plan"
@@ -70,17 +70,6 @@ class UnsafeCheckpointError(ForcePruneError):
 # --------------------------------------------------------------------------------------------
 # building a plan
 # --------------------------------------------------------------------------------------------
-def library_versions() -> dict[str, str]:
-    """``{"forceprune", "torch", "torch_pruning"}`` version strings, as a plan records them."""
-    try:
-        import torch_pruning as tp
-
-        tp_version = str(getattr(tp, "__version__", "unknown"))
-    except Exception:  # pragma: no cover - torch_pruning is a hard dependency
-        tp_version = "unknown"
-    return {"forceprune": __version__, "torch": torch.__version__, "torch_pruning": tp_version}
-
-
 def identify_model(model: nn.Module, model_name: str | None = None, model_kwargs: dict | None = None) -> dict:
     """The plan's ``"model"`` entry: a registry model (``model_name`` + constructor kwargs) or,
     without ``model_name``, the class of the custom ``model`` (loading then needs a factory)."""

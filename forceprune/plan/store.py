@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..checkpoint import atomic_write_dir
+from ..checkpoint import atomic_write_dir, read_json
 from ..errors import ForcePruneError
 from .replay import load_weights, replay_plan
 from .schema import (
@@ -170,11 +170,7 @@ def read_plan(path: str | os.PathLike) -> dict:
     file = path / PLAN_FILE if path.is_dir() else path
     if not file.is_file():
         raise PlanError(f"no {PLAN_FILE} at {str(path)!r}: pass the directory written by save_pruned.")
-    try:
-        plan = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PlanError(f"{str(file)!r} is not valid JSON ({exc}); the file is damaged: {FIX_PLAN}.") from exc
-    return validate_plan(plan)
+    return validate_plan(read_json(file, f"{FIX_PLAN}.", PlanError))
 
 
 def _build_base(plan: dict, model_factory: Callable[[], nn.Module] | None) -> nn.Module:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from ..budget import TARGET_KEYS, budget_errors
+from ..checkpoint import read_text
 from ..errors import ForcePruneError
 
 if sys.version_info >= (3, 11):
@@ -152,21 +153,8 @@ class RunConfig:
 
 # -- reading ---------------------------------------------------------------------------------------
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """The table of a TOML file, with errors that name the file and the fix."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; pass the path of a .toml file (see configs/)") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a directory; pass the path of a .toml config file (see configs/)") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path} ({exc.strerror or exc}); check its permissions") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not a UTF-8 text file (byte {exc.start} is {raw[exc.start:exc.start + 1]!r}); "
-                          "a config is a TOML text file, see configs/") from None
+    """The table of a TOML config file, with errors that name the file and the fix."""
+    text = read_text(path, "pass the path of a .toml config file (see configs/)", ConfigError)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

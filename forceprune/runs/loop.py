@@ -329,7 +329,7 @@ class Trainer:
             return self.method.penalty()
 
     def _units_zero(self) -> int:
-        return int(sum(int(us.dead.sum()) for us in getattr(self.method, "unit_sets", [])))
+        return int(getattr(self.method, "units_captured", 0))
 
     def _postfix(self, loss_sum: float, correct: int, seen: int, samples: int, started: float) -> dict:
         postfix = {"loss": f"{loss_sum / max(seen, 1):.4f}", "acc": f"{100 * correct / max(seen, 1):.2f}%",

@@ -12,12 +12,11 @@ Nothing here prints or knows the command line: errors are :class:`RunDirError` w
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Sequence
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, read_json
 from ..errors import ForcePruneError
 
 CONFIG_FILE, REPORT_FILE, CHECKPOINT_DIR, PRUNED_DIR = "config.json", "report.json", "checkpoints", "pruned"
@@ -83,11 +82,7 @@ def saved_config(run_dir: str | Path) -> dict:
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
         raise RunDirError(f"{run_dir} is not a forceprune run directory (no {CONFIG_FILE})", reason="not_a_run", path=run_dir)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunDirError(f"{path} is damaged ({exc}); restore it, or start the run again", reason="not_a_run",
-                          path=run_dir) from None
+    data = read_json(path, "restore it, or start the run again")
     if not isinstance(data, dict):
         raise RunDirError(f"{path} does not hold a config table; restore it, or start the run again", reason="not_a_run",
                           path=run_dir)
