@@ -152,11 +152,10 @@ def run_point(spec: Suite, method: str, level: float | None, seed: int, data_dir
     config = _config(spec, method, level, seed, data_dir, beta)
     task = VisionTask(config)
     run = Run(Path(config.output_dir), progress=False, checkpoints=False)
-    factory = None
-    if method in TP_METHODS:
-        def factory(task_, model, total_steps):
-            return TorchPruningMethod(model, task_.example_inputs, method, target_macs=level,
-                                      **task_.method_options(model))
+    def tp_method(task_, model, total_steps):
+        return TorchPruningMethod(model, task_.example_inputs, method, target_macs=level, **task_.method_options(model))
+
+    factory = tp_method if method in TP_METHODS else None
     kept: dict[str, Any] = {}
 
     def before_removal(model, pruner) -> None:

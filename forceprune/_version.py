@@ -18,6 +18,7 @@ def software_versions(device=None) -> dict[str, str]:
     import platform
 
     import numpy as np
+    import torch
 
     versions = {**library_versions(), "numpy": np.__version__, "python": platform.python_version(),
                 "platform": platform.platform()}

@@ -15,8 +15,10 @@ loads with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import pickle
 import random
 import shutil
 import uuid
@@ -27,7 +29,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 import numpy as np
 import torch
 
-from .errors import ForcePruneError
+from .errors import CorruptFileError, ForcePruneError, UnsafeCheckpointError, WriteError
 
 
 def _temp_beside(path: Path, kind: str) -> Path:
@@ -60,13 +62,40 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Write a file atomically: ``write(fileobj)`` into a temp file beside ``path``, fsync, rename.
 
     On any exception (including KeyboardInterrupt) the temp file is removed and an existing
-    ``path`` is left untouched.
+    ``path`` is left untouched; an operating-system fault (disk full, permission, read-only
+    file system, name too long) is raised as a :class:`~forceprune.errors.WriteError` that
+    says which.
     """
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            write(handle)
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                write(handle)
+    except OSError as exc:
+        if isinstance(exc, WriteError):
+            raise
+        raise write_error(exc, path) from exc
     return path
+
+
+_WRITE_HINTS = {
+    errno.ENOSPC: "no space left on the device: free some space or write elsewhere",
+    errno.EDQUOT: "disk quota exceeded: free some space or write elsewhere",
+    errno.EACCES: "permission denied: choose a directory you can write to",
+    errno.EPERM: "operation not permitted: choose a directory you can write to",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+    errno.ENAMETOOLONG: "the path is too long for the file system: choose a shorter output path",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: choose another output path",
+}
+
+
+def write_error(exc: OSError, path: str | Path, what: str = "write") -> WriteError:
+    """A :class:`~forceprune.errors.WriteError` for an OS fault while writing ``path``, naming
+    the cause and the fix."""
+    hint = _WRITE_HINTS.get(exc.errno, f"{exc.strerror or exc}")
+    err = WriteError(f"could not {what} {str(path)!r}: {hint}. Nothing at {str(path)!r} was changed.")
+    err.errno = exc.errno
+    return err
 
 
 def atomic_write_dir(path: str | Path, write_files: Callable[[Path], None], *, replace: bool = False) -> Path:
@@ -127,9 +156,30 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return atomic_write(path, lambda handle: torch.save(state, handle))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``: no arbitrary code is unpickled)."""
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    corrupt: type[ForcePruneError] = CorruptFileError, fix: str = "restore it from a backup or re-create it") -> Any:
+    """``torch.load(path, weights_only=True)`` with clear errors: only tensors and plain Python
+    types load. A checkpoint holding pickled code (a whole ``nn.Module``, custom classes,
+    lambdas) raises :class:`~forceprune.errors.UnsafeCheckpointError` without running
+    anything; a truncated or foreign file raises ``corrupt`` naming the file and ``fix``."""
+    path = Path(path)
+    if not path.is_file():
+        raise corrupt(f"no checkpoint file at {str(path)!r}; check the path, or {fix}.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc):  # not a class or function reference: bytes that are no checkpoint
+            raise corrupt(f"{str(path)!r} is not a torch checkpoint (its bytes do not decode as one); the file is "
+                          f"truncated or damaged: {fix}.") from exc
+        raise UnsafeCheckpointError(
+            f"{str(path)!r} contains pickled Python objects (a whole model, custom classes or code), which "
+            "forceprune refuses to unpickle because loading them can run arbitrary code. Re-save it as tensors "
+            "only, e.g. torch.save(model.state_dict(), path), or save a pruned model with forceprune.plan.save_pruned."
+        ) from exc
+    except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError, ... on damaged files
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise corrupt(f"{str(path)!r} is not a readable torch checkpoint ({type(exc).__name__}: {first[:160]}); the "
+                      f"file is truncated or damaged: {fix}.") from exc
 
 
 def write_json(data: Any, path: str | Path) -> Path:

@@ -150,6 +150,9 @@ def _hint(exc: Exception, args: argparse.Namespace) -> str:
         "incomplete": f"; continue it with: forceprune train CONFIG {where} --resume",
         "is_file": "; choose a directory with --output-dir",
         "protected": "; choose another --output-dir",
+        "not_writable": "; choose another --output-dir",
+        "nothing_to_resume": "; start it without --resume",
+        "config_changed": "; run with the settings it was started with (its config.json), or pass --overwrite",
     }.get(exc.reason, "")
 
 
@@ -168,14 +171,17 @@ def _load_config(args: argparse.Namespace) -> Any:
 
 def _interruptible(args: argparse.Namespace, out_dir: str | Path, work: Callable[[], Any]) -> Any:
     """Run ``work()``; on Ctrl-C say which checkpoint is intact and how to resume, then re-raise."""
-    from .runs import last_checkpoint
+    from .runs import has_checkpoint, last_checkpoint
 
     try:
         return work()
     except KeyboardInterrupt:
         words = [w for w in shlex.split(args.command_line) if w not in ("--overwrite", "--resume")]
-        print(f"\nInterrupted. {last_checkpoint(out_dir)}\nResume with: {shlex.join(words + ['--resume'])}",
-              file=sys.stderr, flush=True)
+        if has_checkpoint(out_dir):
+            advice = f"Resume with: {shlex.join(words + ['--resume'])}"
+        else:
+            advice = f"The directory is as it was before. Start again with: {shlex.join(words)}"
+        print(f"\nInterrupted. {last_checkpoint(out_dir)}\n{advice}", file=sys.stderr, flush=True)
         raise
 
 

@@ -14,3 +14,16 @@ class UnknownForceError(ForcePruneError, KeyError):
 
 class NonFiniteError(ForcePruneError, FloatingPointError):
     """NaN or Inf in weights or in the penalty."""
+
+
+class UnsafeCheckpointError(ForcePruneError):
+    """A checkpoint holds pickled Python objects, which forceprune refuses to unpickle."""
+
+
+class CorruptFileError(ForcePruneError):
+    """A file forceprune wrote (checkpoint, weights, plan) is truncated, damaged or not one."""
+
+
+class WriteError(ForcePruneError, OSError):
+    """Writing failed (disk full, permission, read-only, name too long, ...); what was there
+    before is intact and no partial file is left."""

@@ -117,9 +117,18 @@ def export_onnx(
     except ImportError as exc:
         raise ForcePruneError("ONNX export needs the onnx package: pip install onnx onnxscript onnxruntime.") from exc
     args, kwargs = _split_inputs(example_inputs)
+    with eval_mode(model), torch.no_grad():
+        try:
+            expected = flatten_tensors(run_model(model, example_inputs))
+        except Exception as exc:
+            raise ForcePruneError(
+                f"the model does not run on the given example_inputs ({type(exc).__name__}: {str(exc)[:200]}); pass "
+                "inputs it accepts: a tensor, a tuple of positional args or a dict of keyword args, with the shapes "
+                "the model was built for."
+            ) from exc
+    if not expected:
+        raise ForcePruneError("the model returned no tensor on the example_inputs; ONNX export needs tensor outputs.")
     with eval_mode(model), atomic_path(path) as tmp:
-        with torch.no_grad():
-            expected = [t for t in flatten_tensors(run_model(model, example_inputs))]
         order = [dynamo] if dynamo is not None else [True, False]
         errors = []
         exporter = None

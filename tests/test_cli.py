@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from forceprune.cli import build_parser, main
 from forceprune.runs import Trainer
-from forceprune.runs.rundir import RunDirError, check_output_dir, claim_output_dir
+from forceprune.runs.rundir import Claim, RunDirError, check_output_dir
 from forceprune.visual import PICTURES
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -83,8 +83,12 @@ def test_output_dir_protection(tmp_path):
         check_output_dir(tmp_path, overwrite=True, protected=(tmp_path / "report.json",))
     stale = check_output_dir(tmp_path, overwrite=True)
     assert (tmp_path / "report.json").exists()  # checking alone never deletes
-    claim_output_dir(tmp_path, stale)
+    claim = Claim(tmp_path, stale)
     assert not (tmp_path / "report.json").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+    claim.rollback()  # the new run failed before its first checkpoint: the old report is back
+    assert (tmp_path / "report.json").read_text() == "{}" and not (tmp_path / ".previous").exists()
+    Claim(tmp_path, check_output_dir(tmp_path, overwrite=True)).commit()
+    assert not (tmp_path / "report.json").exists() and not (tmp_path / ".previous").exists()
     (tmp_path / "file").write_text("")
     with pytest.raises(RunDirError, match="is a file"):
         check_output_dir(tmp_path / "file")

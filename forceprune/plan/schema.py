@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from .._version import __version__, library_versions
-from ..errors import ForcePruneError
+from ..errors import CorruptFileError, ForcePruneError, UnsafeCheckpointError, WriteError  # noqa: F401  (UnsafeCheckpointError: part of this module's API)
 
 PLAN_FORMAT = "forceprune-plan"
 PLAN_FORMAT_VERSION = 1
@@ -47,7 +47,7 @@ class PlanError(ForcePruneError):
     """A plan (or saved-model directory) that is malformed, damaged or incompatible."""
 
 
-class CorruptWeightsError(PlanError):
+class CorruptWeightsError(PlanError, CorruptFileError):
     """The weights file does not match the checksum in the plan (truncated or corrupted)."""
 
 
@@ -59,12 +59,8 @@ class OutputExistsError(ForcePruneError, FileExistsError):
     """The output path exists and ``overwrite`` was not given."""
 
 
-class SaveError(ForcePruneError, OSError):
-    """Writing failed (disk full, permission, ...); the previous output is intact."""
-
-
-class UnsafeCheckpointError(ForcePruneError):
-    """A checkpoint holds pickled Python objects, which forceprune refuses to unpickle."""
+class SaveError(WriteError):
+    """Writing a pruned model failed (disk full, permission, ...); the previous output is intact."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,18 +11,16 @@ safetensors, the plan is JSON, and :func:`safe_torch_load` refuses pickled code.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
-from ..checkpoint import atomic_write_dir, read_json
+from ..checkpoint import atomic_write_dir, load_checkpoint, read_json, write_error
 from ..errors import ForcePruneError
 from .replay import load_weights, replay_plan
 from .schema import (
@@ -34,7 +32,6 @@ from .schema import (
     OutputExistsError,
     PlanError,
     SaveError,
-    UnsafeCheckpointError,
     describe_model,
     validate_plan,
 )
@@ -44,30 +41,11 @@ from .schema import (
 # safe torch.load
 # --------------------------------------------------------------------------------------------
 def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)`` with clear errors.
-
-    Only tensors and plain Python containers/types load; a checkpoint containing pickled
-    code (a whole ``nn.Module``, custom classes, lambdas) raises :class:`UnsafeCheckpointError`
-    instead of executing anything.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ForcePruneError(f"no checkpoint file at {str(path)!r}; check the path.")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpointError(
-            f"{str(path)!r} contains pickled Python objects (a whole model, custom classes or code), "
-            "which forceprune refuses to unpickle because loading them can run arbitrary code. "
-            "Re-save it as tensors only, e.g. torch.save(model.state_dict(), path), or save a pruned "
-            f"model with forceprune.plan.save_pruned. (torch said: {str(exc).splitlines()[0]})"
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CorruptWeightsError(
-            f"{str(path)!r} is not a readable torch checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); the file is truncated or damaged: "
-            "restore it from a backup or re-create it."
-        ) from exc
+    """``torch.load(path, weights_only=True)`` with clear errors
+    (:func:`forceprune.checkpoint.load_checkpoint`): pickled code raises
+    :class:`UnsafeCheckpointError` without running anything, a damaged file
+    :class:`CorruptWeightsError`."""
+    return load_checkpoint(path, map_location, corrupt=CorruptWeightsError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,14 +84,7 @@ def _write_file(path: Path, data: bytes) -> None:
 
 
 def _save_error(exc: OSError, path: Path) -> SaveError:
-    hint = {
-        errno.ENOSPC: "no space left on the device: free some space or save elsewhere",
-        errno.EDQUOT: "disk quota exceeded: free some space or save elsewhere",
-        errno.EACCES: "permission denied: choose a directory you can write to",
-        errno.EPERM: "operation not permitted: choose a directory you can write to",
-        errno.EROFS: "the file system is read-only: save elsewhere",
-    }.get(exc.errno, f"{exc.strerror or exc}")
-    err = SaveError(f"could not save the pruned model to {str(path)!r}: {hint}. Nothing at {str(path)!r} was changed.")
+    err = SaveError(str(write_error(exc, path, "save the pruned model to")))
     err.errno = exc.errno
     return err
 
@@ -251,15 +222,29 @@ def load_pruned(
     plan = read_plan(path)
     tensors = _read_weights(path, plan)
     model = _build_base(plan, model_factory)
+    other = _other_class(plan, model)
     try:
         replay_plan(model, plan, example_inputs)
         load_weights(model, tensors, plan["weights"].get("aliases", {}), plan)
-    except ForcePruneError:
-        raise
+    except ForcePruneError as exc:
+        if other is None:
+            raise
+        raise ModelMismatchError(f"{other}; {exc}") from exc
     except Exception as exc:  # torch-pruning / the model itself: name it, never a bare crash
+        cause = other or "the rebuilt model does not match the plan"
         raise ModelMismatchError(
-            f"rebuilding the pruned model failed ({type(exc).__name__}: {exc}); build the architecture the plan "
-            f"was made for ({describe_model(plan)}) and pass example_inputs it accepts."
+            f"{cause}: rebuilding the pruned model failed ({type(exc).__name__}: {exc}); build the architecture the "
+            f"plan was made for ({describe_model(plan)}) and pass example_inputs it accepts."
         ) from exc
     model.eval()
     return model, plan
+
+
+def _other_class(plan: dict, model: nn.Module) -> str | None:
+    """When a custom plan's recorded class is not the class ``model_factory()`` built, say so:
+    that, not the example inputs, is then the likely reason a replay fails."""
+    recorded = plan["model"].get("class") if plan["model"]["source"] == "custom" else None
+    built = f"{type(model).__module__}.{type(model).__qualname__}"
+    if recorded is None or recorded.rsplit(".", 1)[-1] == type(model).__qualname__.rsplit(".", 1)[-1]:
+        return None
+    return f"the plan was made for a {recorded} but model_factory() built a {built}"

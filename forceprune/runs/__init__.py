@@ -15,13 +15,13 @@
 from .config import ConfigError, RunConfig
 from .loop import Evaluation, Phase, Trainer, evaluate
 from .pipeline import evaluate_run, load_run_config, prune, run, train
-from .rundir import RunDirError, last_checkpoint
+from .rundir import RunDirError, has_checkpoint, last_checkpoint
 from .tasks import TASKS, config_class, config_from_dict, load_config
 from .text import TextConfig
 from .vision import VisionConfig
 
 __all__ = [
     "ConfigError", "Evaluation", "Phase", "RunConfig", "RunDirError", "TASKS", "TextConfig", "Trainer", "VisionConfig",
-    "config_class", "config_from_dict", "evaluate", "evaluate_run", "last_checkpoint", "load_config",
+    "config_class", "config_from_dict", "evaluate", "evaluate_run", "has_checkpoint", "last_checkpoint", "load_config",
     "load_run_config", "prune", "run", "train",
 ]

@@ -99,7 +99,7 @@ class RunConfig:
         need(self.snap >= 0, f"snap = {self.snap} must be >= 0 (1 = the proximal bound, 0 = off)")
         need(0 <= self.cost_power <= 4, f"cost_power = {self.cost_power} must be in [0, 4]: 0 = uniform, 1 = MACs-proportional")
         need(self.finetune_lr is None or self.finetune_lr > 0, f"finetune_lr = {self.finetune_lr} must be > 0, or leave it unset")
-        need(self.seed >= 0, f"seed = {self.seed} is negative: set it to 0 or more")
+        need(0 <= self.seed < 2**32, f"seed = {self.seed} must be in [0, 2**32 - 1] (numpy's range)")
         need(bool(self.output_dir.strip()), 'output_dir is empty: set e.g. output_dir = "runs/my_run"')
         need("beta" not in self.force_options or _is_number(self.force_options["beta"]) and self.force_options["beta"] >= 0,
              f"force_options.beta = {self.force_options.get('beta')!r} must be a number >= 0, e.g. beta = 5e-4")

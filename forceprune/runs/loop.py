@@ -176,16 +176,18 @@ class Trainer:
         checkpoint_path: receives an atomic checkpoint after every epoch.
         meta: plain data stored in every checkpoint (the run's config).
         log_every: also record ``(step, loss, penalty, units captured)`` every this many steps.
+        on_checkpoint: called after every checkpoint written (the run's overwrite commit).
     """
 
     def __init__(self, model: nn.Module, phase: Phase, batches: Any, eval_batches: Iterable, objective: Objective, *,
                  device: torch.device, method: Any = None, force_mode: str = "loss", amp: bool = False,
                  checkpoint_path: str | Path | None = None, progress: bool = True, meta: dict | None = None,
-                 log_every: int = 0):
+                 log_every: int = 0, on_checkpoint: Callable[[], None] | None = None):
         self.model, self.phase, self.method, self.objective = model, phase, method, objective
         self.batches, self.eval_batches, self.device = batches, eval_batches, device
         self.force_mode, self.progress, self.meta, self.log_every = force_mode, progress, meta or {}, log_every
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.on_checkpoint = on_checkpoint
         self.steps_per_epoch = max(len(batches), 1)
         self.total_steps = phase.total_steps(self.steps_per_epoch)
         self.optimizer = build_optimizer(model, phase)
@@ -241,6 +243,8 @@ class Trainer:
             self.history.append(record)
             if self.checkpoint_path is not None:
                 save_checkpoint(self.state_dict(), self.checkpoint_path)
+                if self.on_checkpoint is not None:
+                    self.on_checkpoint()
             if self.progress:
                 tqdm.write(self.describe(record))
         return self.history

@@ -20,10 +20,13 @@ Report schema (every task): accuracies in percent on the task's evaluation split
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from torch import nn
 
@@ -34,8 +37,8 @@ from ..metrics import count_macs_params, side_by_side_latency
 from .config import ConfigError, RunConfig
 from .loop import Trainer, evaluate, seed_everything
 from .rundir import (
-    CONFIG_FILE, PRUNED_DIR, REPORT_FILE, RunDirError, changed_settings, check_output_dir, checkpoint_path,
-    claim_output_dir, complete_checkpoint, report_artifacts, saved_config,
+    CONFIG_FILE, PRUNED_DIR, REPORT_FILE, Claim, RunDirError, RunLock, check_output_dir, check_resumable,
+    check_writable, checkpoint_path, complete_checkpoint, report_artifacts, saved_config,
 )
 from .tasks import config_from_dict, open_task
 
@@ -53,9 +56,16 @@ class Run:
     command: str = ""
     checkpoints: bool = True
     started: float = field(default_factory=time.perf_counter)
+    lock: RunLock | None = None
+    claim: Claim | None = None
 
     def checkpoint(self, phase: str) -> Path | None:
         return checkpoint_path(self.out_dir, phase) if self.checkpoints else None
+
+    def checkpoint_written(self) -> None:
+        """The run has a checkpoint: files an overwrite replaced are not needed any more."""
+        if self.claim is not None:
+            self.claim.commit()
 
     def log(self, message: str) -> None:
         if self.progress:
@@ -97,7 +107,7 @@ def _fit(task, run: Run, phase_name: str, model: nn.Module, method: Any, resume:
     trainer = Trainer(model, task.phase(phase_name), task.train_batches, task.eval_batches, task.objective,
                       device=task.device, method=method, force_mode=c.force_mode, amp=getattr(c, "amp", False),
                       checkpoint_path=run.checkpoint(phase_name), progress=run.progress, meta=c.to_dict(),
-                      log_every=getattr(c, "log_every", 0))
+                      log_every=getattr(c, "log_every", 0), on_checkpoint=run.checkpoint_written)
     if resume and trainer.resume():
         run.log(f"resumed {phase_name} phase after epoch {trainer.epoch}/{trainer.epochs}")
     return trainer.fit()
@@ -198,7 +208,7 @@ def prune_stage(task, run: Run, trained: Trained, *, resume: bool = False, write
     }
     if write:
         if method is not None:
-            task.save(model, method, run.out_dir / PRUNED_DIR)
+            task.save(model, method, run.out_dir / PRUNED_DIR, origin(c))
             report["pruned_model"] = PRUNED_DIR
         write_report(report, run.out_dir)
     return report
@@ -217,35 +227,95 @@ def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     return render_report(report, out_dir)
 
 
+def origin(config: RunConfig) -> dict:
+    """What a run's pruned model was made from (task, model, dataset) with a checksum of it:
+    recorded in its plan, checked by :func:`evaluate_run`."""
+    entry = {"task": config.task_name, "model": config.model, "dataset": config.dataset}
+    return {**entry, "sha256": hashlib.sha256(json.dumps(entry, sort_keys=True).encode("utf-8")).hexdigest()}
+
+
 # -- entry points ------------------------------------------------------------------------------
+def _open_run(out: Path, stale_check: Callable[[], list[Path]], progress: bool, command: str) -> Run:
+    """Take the directory's lock, check it again (another run may have written meanwhile),
+    move what an overwrite replaces aside and return the run; on any failure the directory
+    is left as it was."""
+    existed = out.exists()
+    run = Run(out, progress=progress, command=command, lock=RunLock(out))
+    run.lock.acquire()
+    try:
+        run.claim = Claim(out, stale_check())
+    except BaseException:
+        run.lock.release()
+        if not existed:
+            try:
+                out.rmdir()
+            except OSError:
+                pass
+        raise
+    return run
+
+
+@contextmanager
+def _writing(run: Run) -> Iterator[None]:
+    """While a stage writes into the run directory: on failure before the first checkpoint the
+    claim is rolled back (nothing lost, nothing left); the lock is released either way."""
+    try:
+        yield
+    except BaseException:
+        if run.claim is not None:
+            run.claim.rollback()
+        raise
+    else:
+        run.checkpoint_written()
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+
+
 def _start(config: RunConfig, command: str, config_path, overwrite: bool, resume: bool, progress: bool):
-    """Check the run directory, load the data, then (only then) write into the directory."""
+    """Check everything (directory, resumability, writability, data), then -- only then --
+    take the directory and write the config into it."""
     protected = tuple(p for p in (config_path,) if p is not None)
-    stale = check_output_dir(config.output_dir, overwrite=overwrite, resume=resume, protected=protected)
     out = Path(config.output_dir)
-    if resume and (out / CONFIG_FILE).exists():
-        changed = changed_settings(saved_config(out), config.to_dict())
-        if changed:
-            raise ConfigError(f"cannot resume {out}: the config differs in {', '.join(changed)}; resume with the same "
-                              "settings, or start again (overwrite) or in another output directory")
+
+    def stale() -> list[Path]:
+        return check_output_dir(out, overwrite=overwrite, resume=resume, protected=protected)
+
+    check_writable(out)
+    stale()
+    if resume:
+        check_resumable(out, config.to_dict())
     task = open_task(config)
-    claim_output_dir(out, stale)
-    write_json(config.to_dict(), out / CONFIG_FILE)
-    return task, Run(out, progress=progress, command=command)
+    run = _open_run(out, stale, progress, command)
+    with _undo_on_failure(run):
+        write_json(config.to_dict(), out / CONFIG_FILE)
+    return task, run
+
+
+@contextmanager
+def _undo_on_failure(run: Run) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        run.claim.rollback()
+        run.lock.release()
+        raise
 
 
 def run(config: RunConfig, *, command: str = "", config_path: str | Path | None = None, overwrite: bool = False,
         resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train with the force, remove units, fine-tune, measure, write the run directory; return the report."""
     task, run_ = _start(config, command, config_path, overwrite, resume, progress)
-    return prune_stage(task, run_, train_stage(task, run_, resume=resume), resume=resume)
+    with _writing(run_):
+        return prune_stage(task, run_, train_stage(task, run_, resume=resume), resume=resume)
 
 
 def train(config: RunConfig, *, command: str = "", config_path: str | Path | None = None, overwrite: bool = False,
           resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Training stage only (no removal): checkpoints in ``<output_dir>/checkpoints``; returns a summary."""
     task, run_ = _start(config, command, config_path, overwrite, resume, progress)
-    trained = train_stage(task, run_, resume=resume)
+    with _writing(run_):
+        trained = train_stage(task, run_, resume=resume)
     summary = trained.method.summary() if trained.method is not None else {}
     return {"output_dir": str(run_.out_dir), "acc_dense": trained.acc_dense,
             "acc_before_removal": trained.history[-1]["eval_acc"], **summary}
@@ -264,23 +334,41 @@ def prune(run_dir: str | Path, *, command: str = "", data_dir: str | None = None
           resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Load a trained run directory, remove captured units (then fine-tune if configured), write the report.
 
-    ``resume`` continues an interrupted fine-tuning; ``overwrite`` replaces an existing report."""
-    config = load_run_config(run_dir, data_dir)
-    stale = check_output_dir(run_dir, overwrite=overwrite, resume=resume,
-                             artifacts=[*report_artifacts(), "checkpoints/finetune.pt"])
+    ``resume`` continues an interrupted fine-tuning; ``overwrite`` replaces an existing report.
+    Everything is read and checked (config, checkpoints, data) before the directory is touched."""
+    out = Path(run_dir)
+    config = load_run_config(out, data_dir)
+
+    def stale() -> list[Path]:
+        return check_output_dir(out, overwrite=overwrite, resume=resume,
+                                artifacts=[*report_artifacts(), "checkpoints/finetune.pt"])
+
+    check_writable(out)
+    stale()
     task = open_task(config)
-    run_ = Run(Path(run_dir), progress=progress, command=command)
-    claim_output_dir(run_dir, stale)
-    return prune_stage(task, run_, load_trained(task, run_), resume=resume)
+    trained = load_trained(task, Run(out, progress=progress, command=command))
+    run_ = _open_run(out, stale, progress, command)
+    with _writing(run_):
+        return prune_stage(task, run_, trained, resume=resume)
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | None = None) -> dict[str, Any]:
     """Evaluate the final pruned model of a finished run (``<run>/pruned``) on the run's data:
-    ``{"accuracy" (percent), "count", "eval_split", "macs", "params"}``."""
+    ``{"accuracy" (percent), "count", "eval_split", "macs", "params"}``. The model is first
+    checked to be the one the run's config describes (task, model, dataset)."""
+    from ..plan import read_plan
+
     config = load_run_config(run_dir, data_dir)
     path = Path(run_dir) / PRUNED_DIR
     if not path.exists():
         raise RunDirError(f"{run_dir} has no {PRUNED_DIR}/ model; finish the run first", reason="incomplete", path=run_dir)
+    made_from, expected = read_plan(path).get("origin"), origin(config)
+    if made_from is not None and made_from.get("sha256") != expected["sha256"]:
+        differ = [f"{k} {made_from.get(k)!r} (config.json says {expected[k]!r})" for k in ("task", "model", "dataset")
+                  if made_from.get(k) != expected[k]]
+        raise RunDirError(f"{path} was made for another run: {', '.join(differ) or 'its checksum differs'}; evaluate "
+                          f"it with the config it was made with, or restore {Path(run_dir) / CONFIG_FILE}",
+                          reason="mismatch", path=run_dir)
     task = open_task(config)
     model = task.load(path)
     result = evaluate(model, task.eval_batches, task.objective)

@@ -6,13 +6,21 @@
       report.json  report.html  *.png         the report (:mod:`forceprune.runs.pipeline`)
       pruned/                                 the pruned model (plan.json + model.safetensors)
 
+A run holds the directory's lock (:class:`RunLock`) while it writes, and an overwrite keeps
+the previous run's files recoverable until the new run's first checkpoint (:class:`Claim`).
+
 Nothing here prints or knows the command line: errors are :class:`RunDirError` with a
 ``reason`` (``"exists"``, ``"is_file"``, ``"protected"``, ``"not_a_run"``, ``"incomplete"``,
-``"conflict"``) and the paths involved, which the CLI turns into flag hints.
+``"conflict"``, ``"not_writable"``, ``"nothing_to_resume"``, ``"config_changed"``,
+``"locked"``) and the paths involved, which the CLI turns into flag hints.
 """
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +29,8 @@ from ..errors import ForcePruneError
 
 CONFIG_FILE, REPORT_FILE, CHECKPOINT_DIR, PRUNED_DIR = "config.json", "report.json", "checkpoints", "pruned"
 PHASES = ("dense", "force", "finetune")
+#: Longest directory name and path a run accepts (POSIX's 255 / 4096, less room for our own names).
+NAME_MAX, PATH_MAX = 255 - 40, 4096 - 80
 
 
 def report_artifacts() -> tuple[str, ...]:
@@ -68,15 +78,6 @@ def check_output_dir(out_dir: str | Path, *, overwrite: bool = False, resume: bo
     return [out / name for name in existing] if overwrite else []
 
 
-def claim_output_dir(out_dir: str | Path, stale: Sequence[Path]) -> Path:
-    """Delete the ``stale`` files found by :func:`check_output_dir` and create the checkpoint folder."""
-    for path in stale:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    out = Path(out_dir)
-    (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def saved_config(run_dir: str | Path) -> dict:
     """The config saved in a run directory, as plain data."""
     path = Path(run_dir) / CONFIG_FILE
@@ -110,6 +111,11 @@ def complete_checkpoint(run_dir: str | Path, phase: str, epochs: int, device="cp
     return state
 
 
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """Whether any phase of the run has a checkpoint (there is something to resume)."""
+    return any(checkpoint_path(run_dir, phase).exists() for phase in PHASES)
+
+
 def last_checkpoint(run_dir: str | Path) -> str:
     """Describe the newest checkpoint of a run directory."""
     for phase in reversed(PHASES):
@@ -118,3 +124,152 @@ def last_checkpoint(run_dir: str | Path) -> str:
             state = load_checkpoint(path)
             return f"Last checkpoint: {path} ({phase} epoch {state['epoch']}/{state['epochs']}, intact)."
     return "No epoch had finished, so there is no checkpoint yet."
+
+
+# -- before writing --------------------------------------------------------------------------------
+def check_writable(out_dir: str | Path) -> None:
+    """Refuse an output directory that cannot be created or written (a name too long, a
+    component that is a file, no permission, a read-only file system), before anything is
+    written."""
+    out = Path(out_dir).absolute()
+    if any(len(part) > NAME_MAX for part in out.parts) or len(str(out)) > PATH_MAX:
+        raise RunDirError(f"the path {out} is too long for the file system (names up to {NAME_MAX} characters, paths "
+                          f"up to {PATH_MAX}, with room for forceprune's own file names)", reason="not_writable", path=out)
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunDirError(f"cannot create {out}: {existing} is a file, not a directory", reason="not_writable", path=out)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot write into {existing} (permission denied or a read-only file system)",
+                          reason="not_writable", path=out)
+
+
+def check_resumable(out_dir: str | Path, now: dict) -> None:
+    """Refuse to resume a directory that holds nothing to resume, or a run with other settings."""
+    out = Path(out_dir)
+    if not has_checkpoint(out):
+        raise RunDirError(f"{out} holds no checkpoint, so there is nothing to resume", reason="nothing_to_resume", path=out)
+    if (out / CONFIG_FILE).exists():
+        changed = changed_settings(saved_config(out), now)
+        if changed:
+            raise RunDirError(f"cannot resume {out}: the config differs in {', '.join(changed)}; resume with the same "
+                              "settings, or start again (overwrite) or in another output directory",
+                              reason="config_changed", path=out)
+
+
+# -- while writing ---------------------------------------------------------------------------------
+LOCK_FILE = ".forceprune.lock"
+PREVIOUS_DIR = ".previous"
+
+
+class RunLock:
+    """The run directory's lock file, holding the owner's pid and host: a second run into a
+    directory in use is refused with the holder's pid; a lock left by a run that was killed
+    (its process is gone) is taken over."""
+
+    def __init__(self, out_dir: str | Path):
+        self.path = Path(out_dir) / LOCK_FILE
+        self.held = False
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and self._alive(holder):
+                    raise RunDirError(
+                        f"{self.path.parent} is in use by another forceprune run (pid {holder.get('pid')} on "
+                        f"{holder.get('host')}, started {holder.get('started')}); wait for it to finish or use another "
+                        f"output directory (if that process is gone, delete {self.path})",
+                        reason="locked", path=self.path.parent) from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as handle:
+                json.dump(me, handle)
+            self.held = True
+            return
+        raise RunDirError(f"could not take the lock {self.path}; try again", reason="locked", path=self.path.parent)
+
+    def _holder(self) -> dict | None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else None
+        except (OSError, ValueError):
+            return None  # unreadable: a lock being written this instant, or garbage; treated as stale
+
+    @staticmethod
+    def _alive(holder: dict) -> bool:
+        if holder.get("host") != socket.gethostname():
+            return True  # another machine: we cannot tell, so we do not take it
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except (ProcessLookupError, KeyError, ValueError, TypeError):
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+class Claim:
+    """What a run does to its directory, undone if it fails before its first checkpoint.
+
+    The previous run's files that an ``overwrite`` replaces (``stale``) are moved into
+    ``<out>/.previous/`` and deleted only once the new run has written its first checkpoint
+    (:meth:`commit`); if the new run fails before that, :meth:`rollback` puts them back and
+    removes what the new run created (its ``config.json``, an empty checkpoint folder, a
+    directory that did not exist), so the directory is as it was."""
+
+    def __init__(self, out_dir: str | Path, stale: Sequence[Path]):
+        self.out = Path(out_dir)
+        self.backup = self.out / PREVIOUS_DIR
+        self.created = [p for p in (self.out, self.out / CHECKPOINT_DIR, self.out / CONFIG_FILE) if not p.exists()]
+        self.moved: list[str] = []
+        self.done = False
+        if stale:
+            if self.backup.exists():
+                shutil.rmtree(self.backup)  # left by an overwrite that was neither committed nor rolled back
+            self.backup.mkdir(parents=True)
+            for path in stale:
+                os.replace(path, self.backup / path.name)
+                self.moved.append(path.name)
+        (self.out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+
+    def commit(self) -> None:
+        """The new run has its first checkpoint (or its report): the old files can go."""
+        if not self.done:
+            shutil.rmtree(self.backup, ignore_errors=True)
+            self.done = True
+
+    def rollback(self) -> None:
+        """The new run failed before its first checkpoint: put the directory back as it was."""
+        if self.done:
+            return
+        self.done = True
+        for name in self.moved:
+            _remove(self.out / name)
+            os.replace(self.backup / name, self.out / name)
+        shutil.rmtree(self.backup, ignore_errors=True)
+        for path in reversed(self.created):
+            if path.is_dir():
+                try:
+                    path.rmdir()  # only when empty: never anything else
+                except OSError:
+                    pass
+            elif path.name == CONFIG_FILE and path.exists() and path.name not in self.moved:
+                path.unlink()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -169,11 +169,13 @@ class TextTask:
         return {"encoder_macs": encoder_macs(model, self.config.macs_seq_len),
                 "heads": list(heads_per_layer(model).values()), "ffn": list(ffn_per_layer(model).values())}
 
-    def save(self, model: nn.Module, method: Any, path: Path) -> None:
-        """The pruned model with its plan; with ``save_model`` also a Hugging Face folder beside it."""
+    def save(self, model: nn.Module, method: Any, path: Path, origin: dict | None = None) -> None:
+        """The pruned model with its plan (``origin`` recorded in it); with ``save_model`` also a
+        Hugging Face folder beside it."""
         from ..plan import make_plan, save_pruned
 
-        save_pruned(model, make_plan(method), path, overwrite=True)
+        plan = make_plan(method)
+        save_pruned(model, {**plan, "origin": origin} if origin else plan, path, overwrite=True)
         if self.config.save_model:
             from ..integrations.transformers import save_pruned_pretrained
 

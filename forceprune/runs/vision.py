@@ -171,13 +171,14 @@ class VisionTask:
     def describe(self, model: nn.Module) -> dict:
         return {}
 
-    def save(self, model: nn.Module, method: Any, path: Path) -> None:
-        """The pruned model with its plan (``plan.json`` + ``model.safetensors``)."""
+    def save(self, model: nn.Module, method: Any, path: Path, origin: dict | None = None) -> None:
+        """The pruned model with its plan (``plan.json`` + ``model.safetensors``); ``origin``
+        (what the run was made from) is recorded in the plan."""
         from ..plan import make_plan, save_pruned
 
         plan = make_plan(method, model_name=self.config.model,
                          model_kwargs={"num_classes": self.info.num_classes, "in_channels": self.info.input_shape[0]})
-        save_pruned(model, plan, path, overwrite=True)
+        save_pruned(model, {**plan, "origin": origin} if origin else plan, path, overwrite=True)
 
     def load(self, path: Path) -> nn.Module:
         """A model saved by :meth:`save`, on the device and in the run's memory format."""
