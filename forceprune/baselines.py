@@ -17,8 +17,13 @@ pipeline drive: ``penalty()``, ``step()``, ``capture()`` (epoch end), ``attach_o
   channels) down to given widths -- forceprune's unit sets, so heads and FFN neurons of
   transformers too, and the same surgery as the force methods.
 
-The methods themselves are Torch-Pruning's, unchanged; this module adapts their calling
-conventions.
+* :class:`FisherSearch` (``force = "fisher-search"``): no training-time force; after training,
+  Kwon et al. 2022's post-training mask search from the Fisher information of unit masks on
+  calibration batches, with its mask rearrangement (:mod:`forceprune.fisher_search`), down to
+  a MACs target -- the cheap thing a user would try first.
+
+The Torch-Pruning methods themselves are Torch-Pruning's, unchanged; this module adapts their
+calling conventions.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from .units import build_unit_sets
 
 METHODS = ("tp_l1", "tp_group_norm")
 GROUP_NORM = "tp-group-norm"
+FISHER = "fisher-search"
 
 
 class _NoForce:
@@ -178,5 +184,87 @@ class GroupNormWidths(_NoForce):
             plans.append(RemovalPlan(us, rem, torch.zeros(us.size, dtype=torch.bool)))
         calib = self.example_inputs if calibration_inputs is None else calibration_inputs
         report = remove(self.model, self.graph, plans, self.example_inputs, calib, mode=GROUP_NORM)
+        self.history.append(report)
+        return report
+
+
+class FisherSearch(_NoForce):
+    """Post-training pruning to a MACs target by Fisher-based mask search and rearrangement
+    (:mod:`forceprune.fisher_search`), on forceprune's unit sets.
+
+    Args:
+        model, example_inputs: as for ``ForcePruner`` (a batch of one: MACs per sample).
+        target_macs: the fraction of the dense model's MACs to keep, in (0, 1).
+        calibration: batches to estimate the Fisher information on (e.g. training batches).
+        loss_of: ``loss_of(model, batch)`` -> the scalar task loss of a batch.
+        max_batches: calibration batches used (Kwon et al. use 2,048 samples).
+        ignored_layers, ignore_output_layers, kinds: as for ``ForcePruner``.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs, target_macs: float, calibration, loss_of,
+                 max_batches: int = 64, ignored_layers: Sequence[nn.Module] = (), ignore_output_layers: bool = True,
+                 kinds: Sequence[str] | None = None):
+        if not (isinstance(target_macs, (int, float)) and 0 < target_macs < 1):
+            raise ForcePruneError(f"{FISHER} needs target_macs in (0, 1), got {target_macs!r}.")
+        self.model, self.example_inputs, self.target_macs = model, example_inputs, float(target_macs)
+        self.calibration, self.loss_of, self.max_batches = calibration, loss_of, int(max_batches)
+        self.ignored_layers, self.ignore_output_layers = list(ignored_layers), ignore_output_layers
+        self.kinds = kinds
+        self.force = None
+        self.history: list[PruneReport] = []
+        self.graph, self.unit_sets = self._unit_sets()
+        self.macs_dense, self.params_dense = count_macs_params(model, example_inputs)
+
+    def _unit_sets(self):
+        graph, unit_sets = build_unit_sets(self.model, self.example_inputs, self.ignored_layers,
+                                           ignore_output_layers=self.ignore_output_layers)
+        return graph, [us for us in unit_sets if self.kinds is None or us.kind in self.kinds]
+
+    def summary(self) -> dict:
+        return {"units_total": sum(us.size for us in self.unit_sets), "units_zero": 0, "macs_dense": self.macs_dense,
+                "params_dense": self.params_dense, "macs_if_pruned": self.macs_dense, "params_if_pruned": self.params_dense}
+
+    def removal_masks(self) -> list[torch.Tensor]:
+        """Per unit set, the ``(G,)`` removal mask of the search (the model is not changed)."""
+        from .fisher_search import fisher_information, rearrange, search
+        from .preview import counts_if_removed
+        from .scoring import unit_costs
+
+        self.graph, self.unit_sets = self._unit_sets()  # training replaced no parameter, but be safe
+        fisher = fisher_information(self.model, self.unit_sets, self.calibration, self.loss_of, self.max_batches)
+        importance = [torch.diagonal(f) for f in fisher]
+        costs = unit_costs(self.model, self.unit_sets, self.example_inputs)
+        kinds = [us.kind for us in self.unit_sets]
+
+        def prefix_masks(kept: list[int]) -> list[torch.Tensor]:
+            masks = []
+            for imp, k in zip(importance, kept):
+                rem = torch.ones(len(imp), dtype=torch.bool)
+                rem[torch.argsort(imp, descending=True, stable=True)[:k]] = False
+                masks.append(rem)
+            return masks
+
+        def fits(budget: float) -> tuple[bool, list[int]]:
+            kept = search(importance, costs, kinds, budget)
+            macs = counts_if_removed(self.model, self.unit_sets, self.example_inputs, prefix_masks(kept))[0]
+            return macs <= self.target_macs * self.macs_dense, kept
+
+        # the search's costs leave out attention's matrix products, so bisect its budget on the
+        # exact MACs of the pruned model (how many units each set keeps fixes them)
+        lo, hi = 0.0, float(self.macs_dense)
+        best = search(importance, costs, kinds, 0.0)
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            ok, kept = fits(mid)
+            lo, hi, best = (mid, hi, kept) if ok else (lo, mid, best)
+        return [rearrange(f, k) for f, k in zip(fisher, best)]
+
+    def prune(self, widths=None, tolerance: float = 0.0, calibration_inputs=None) -> PruneReport:
+        """Search, rearrange and remove; the report measures the output change (not lossless)."""
+        if widths is not None:
+            raise ForcePruneError(f"{FISHER} prunes to target_macs by its own search; it takes no widths.")
+        plans = [RemovalPlan(us, rem, torch.zeros(us.size, dtype=torch.bool)) for us, rem in zip(self.unit_sets, self.removal_masks())]
+        calib = self.example_inputs if calibration_inputs is None else calibration_inputs
+        report = remove(self.model, self.graph, plans, self.example_inputs, calib, mode=FISHER)
         self.history.append(report)
         return report

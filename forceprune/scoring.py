@@ -97,11 +97,10 @@ def prox_bounds(force: Force, unit_sets: list[UnitSet], set_weights: list[float]
     return bounds
 
 
-def cost_weights(model: nn.Module, unit_sets: list[UnitSet], inputs, cost_power: float) -> list[float]:
-    """Per unit set, the multiplier ``(c_S / mean c)**cost_power`` of its penalty, where ``c_S``
-    is the MACs per sample that one unit costs (its producer rows and consumer columns)."""
-    if cost_power == 0 or not unit_sets:
-        return [1.0] * len(unit_sets)
+def unit_costs(model: nn.Module, unit_sets: list[UnitSet], inputs) -> list[float]:
+    """Per unit set, the MACs per forward pass of ``inputs`` that one of its units costs in the
+    layers it touches (its producer rows and consumer columns; attention's matrix products,
+    which no layer owns, are not included)."""
     per_layer = layer_macs(model, inputs)
     names = {m: n for n, m in model.named_modules()}
     costs = []
@@ -112,6 +111,15 @@ def cost_weights(model: nn.Module, unit_sets: list[UnitSet], inputs, cost_power:
                 macs = per_layer.get(names.get(s.module, ""), 0)
                 cost += macs * len(s.index) / max(s.param.shape[s.dim], 1) / us.size
         costs.append(max(cost, 1e-12))
+    return costs
+
+
+def cost_weights(model: nn.Module, unit_sets: list[UnitSet], inputs, cost_power: float) -> list[float]:
+    """Per unit set, the multiplier ``(c_S / mean c)**cost_power`` of its penalty, with ``c_S``
+    from :func:`unit_costs`."""
+    if cost_power == 0 or not unit_sets:
+        return [1.0] * len(unit_sets)
+    costs = unit_costs(model, unit_sets, inputs)
     mean = sum(costs) / len(costs)
     return [(c / mean) ** cost_power for c in costs]
 

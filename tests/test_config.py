@@ -102,7 +102,7 @@ def test_roundtrip_and_help():
     ("force_options.bta=1", "force_options for force 'etp': force 'etp' has no option 'bta'. Did you mean 'beta'?"),
     ("force_options.norm=l3", "force_options for force 'etp'"),
     ("epochs3", "override 'epochs3' must look like key=value"),
-    ("lr.x=3", "only force_options, budget and widths have sub-keys"),
+    ("lr.x=3", "only force_options, budget, widths and distill have sub-keys"),
 ])
 def test_bad_override_names_the_fix(config_file, override, expected):
     assert expected in error_of(config_file(), [override])

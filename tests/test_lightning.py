@@ -183,3 +183,31 @@ def test_ddp_two_processes_prune_identically(tmp_path):
     assert r0["digest"] == r1["digest"]  # identical weights after removal and DDP fine-tuning
     assert r0["params_after"] < r0["params_before"]
     assert r0["steps"] == r1["steps"] == 4  # 64 samples / 2 ranks / batch 16, 2 epochs
+
+
+def test_distillation_pulls_the_pruned_module_toward_its_teacher(tmp_path):
+    """With alpha=1 and a loss of 0 * task, only the KL and the penalty move the weights: the
+    student's logits end far closer to the teacher's than they started."""
+    class KLOnly(TinyModule):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return 0.0 * F.cross_entropy(self(x), y)
+
+    torch.manual_seed(1)
+    teacher = zoo.MLP()
+    module = KLOnly()
+    x = _loader().dataset.tensors[0]
+    from forceprune.distill import kl_loss
+
+    before = kl_loss(module(x), teacher(x), 2.0).item()
+    cb = ForcePruneCallback(beta=1e-4, teacher=teacher, distill={"temperature": 2.0, "alpha": 1.0}, remove_at=0)
+    _trainer(tmp_path, [cb], max_epochs=6).fit(module, _loader())
+    after = kl_loss(module(x), teacher(x), 2.0).item()
+    assert cb.removed and cb.last_distill is not None and after < 0.3 * before
+
+
+def test_teacher_and_distill_go_together():
+    with pytest.raises(fp.ForcePruneError, match="teacher= and distill= go together"):
+        ForcePruneCallback(distill={"alpha": 0.5})
+    with pytest.raises(fp.ForcePruneError, match="temperature must be a number > 0"):
+        ForcePruneCallback(teacher=zoo.MLP(), distill={"temperature": 0})

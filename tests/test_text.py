@@ -289,3 +289,12 @@ def test_cli_run_dispatches_text_configs(tmp_path, capsys):
     assert f"{report['acc_final']:.2f} %" in printed and "Accuracy: final (dev)" in printed and "null" not in printed
     assert main(args) == 2, "a second run into the same directory is refused"
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_a_text_run_distils_logits_and_hidden_states_from_its_dense_fine_tune(tmp_path):
+    cfg = _tiny_etp_run(tmp_path, epochs=2, dense_epochs=2, finetune_epochs=1, init_from_dense=True, eval_test=False,
+                        distill={"alpha": 0.5, "temperature": 2.0, "hidden": 1.0})
+    report = run_text(cfg, tmp_path / "run")
+    assert [r["phase"] for r in report["history"]] == ["dense", "dense", "force", "force", "finetune"]
+    assert report["max_output_error"] < 1e-5 and report["acc_after_removal"] == report["acc_before_removal"]
+    assert report["config"]["distill"]["hidden"] == 1.0

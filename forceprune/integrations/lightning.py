@@ -63,6 +63,7 @@ except ImportError:  # pragma: no cover - the older package name
             "forceprune.integrations.lightning needs PyTorch Lightning: pip install lightning"
         ) from exc
 
+from ..distill import Distillation, frozen_copy, kl_loss
 from ..distributed import broadcast_capture_state, is_distributed, prune_in_lockstep, rewrap_ddp
 from ..errors import ForcePruneError
 from ..plan.replay import ensure_biases, replay_plan
@@ -86,6 +87,13 @@ class ForcePruneCallback(pl.Callback):
             LightningModule.
         ignored_layers: modules, or their names (relative to ``module``), never to prune.
         prune_kwargs: keyword args for :meth:`ForcePruner.prune` (``tolerance``, ...).
+        teacher: the dense model to distil from (e.g. ``copy.deepcopy(module.net)`` before
+            ``fit``), during the force phase and after removal; it is called on the pruned
+            module's inputs. Needs ``distill``.
+        distill: :class:`~forceprune.distill.Distillation` options (``temperature``, ``alpha``):
+            ``alpha * T**2 * KL`` of the module's logits against the teacher's is added to
+            the loss (as a gradient, like the penalty; the task loss keeps its weight 1 here,
+            since Lightning's loss is the user's).
         **options: ForcePruner options (``beta``, ``capture``, ``threshold``, ``capture_every``
             (default 0 here: capture at epoch end), ``snap``, ``norm``, ``pivot``, ...).
     """
@@ -99,9 +107,22 @@ class ForcePruneCallback(pl.Callback):
         module: str | None = None,
         ignored_layers: Sequence[nn.Module | str] | None = None,
         prune_kwargs: dict | None = None,
+        teacher: nn.Module | None = None,
+        distill: dict | Distillation | None = None,
         **options: Any,
     ) -> None:
         super().__init__()
+        if (teacher is None) != (distill is None):
+            raise ForcePruneError("teacher= and distill= go together: pass the dense model as teacher and the "
+                                  "distillation options, e.g. distill={'temperature': 2.0, 'alpha': 0.5}.")
+        if teacher is not None and not isinstance(teacher, nn.Module):
+            raise ForcePruneError(f"teacher must be a torch.nn.Module (the dense model), got {type(teacher).__name__}.")
+        self.distill = distill if isinstance(distill, Distillation) or distill is None else Distillation(**distill)
+        self.teacher = frozen_copy(teacher) if teacher is not None else None
+        self._student: tuple | None = None
+        self._distill_grads: list | None = None
+        self._hook = None
+        self.last_distill: float | None = None
         if not (remove_at == "fit_end" or (isinstance(remove_at, int) and not isinstance(remove_at, bool) and remove_at >= 0)):
             raise ForcePruneError(f"remove_at must be 'fit_end' or an epoch index >= 0, got {remove_at!r}.")
         self.force = force
@@ -225,6 +246,42 @@ class ForcePruneCallback(pl.Callback):
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._remove_resume_hook(pl_module)  # every checkpoint restore is done by now
+        if self.teacher is not None:
+            self.teacher.to(pl_module.device)
+
+    # -- distillation ------------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.teacher is None:
+            return
+        self._student = None
+
+        def capture(module, args, kwargs, output):
+            if self._student is None and module.training and torch.is_grad_enabled():
+                self._student = (args, kwargs, output)
+
+        if self._hook is None:
+            self._hook = self._target(pl_module).register_forward_hook(capture, with_kwargs=True)
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        """Differentiate the distillation term now, while the student's graph is alive; its
+        gradient is added after the main backward (as the penalty's is)."""
+        self._distill_grads = None
+        if self.teacher is None or self._student is None:
+            return
+        args, kwargs, output = self._student
+        self._student = None
+        with torch.no_grad():
+            teacher_out = self.teacher(*args, **kwargs)
+        term = self.distill.alpha * kl_loss(_logits(output), _logits(teacher_out), self.distill.temperature)
+        params = [p for p in self._target(pl_module).parameters() if p.requires_grad]
+        self._distill_grads = list(zip(params, torch.autograd.grad(term * self._loss_scale(trainer), params,
+                                                                   retain_graph=True, allow_unused=True)))
+        self.last_distill = float(term.detach())
+
+    def _remove_distill_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
 
     def penalty_gradient(self, scale: float = 1.0) -> float:
         """Add ``scale * d penalty / d w`` to every parameter's ``.grad``; returns the penalty."""
@@ -242,14 +299,26 @@ class ForcePruneCallback(pl.Callback):
                     p.grad.add_(g)
         return float(penalty.detach())
 
-    def on_after_backward(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if not self._active():
-            return
+    @staticmethod
+    def _loss_scale(trainer) -> float:
+        """How Lightning scales the loss before backward: 1 / accumulate_grad_batches, and the
+        AMP loss scale for ``16-mixed``."""
         scale = 1.0 / max(int(getattr(trainer, "accumulate_grad_batches", 1) or 1), 1)
         scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
         if scaler is not None and hasattr(scaler, "get_scale"):
             scale *= float(scaler.get_scale())
-        self.last_penalty = self.penalty_gradient(scale)
+        return scale
+
+    def on_after_backward(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self._distill_grads:
+            with torch.no_grad():
+                for p, g in self._distill_grads:
+                    if g is not None:
+                        p.grad = g.detach().clone() if p.grad is None else p.grad.add_(g)
+            self._distill_grads = None
+        if not self._active():
+            return
+        self.last_penalty = self.penalty_gradient(self._loss_scale(trainer))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self._active():
@@ -270,6 +339,7 @@ class ForcePruneCallback(pl.Callback):
             self._remove(trainer, pl_module)
 
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._remove_distill_hook()
         if self.remove_at == "fit_end" and self._active():
             self._remove(trainer, pl_module)
 
@@ -306,3 +376,15 @@ class ForcePruneCallback(pl.Callback):
             pending, self._pending = self._pending, None
             if pending["pruner"] is not None:
                 self.pruner.load_state_dict(pending["pruner"])
+
+
+def _logits(output) -> torch.Tensor:
+    """The logits in a module's output: the tensor itself, ``.logits``, or the first tensor."""
+    if torch.is_tensor(output):
+        return output
+    if getattr(output, "logits", None) is not None:
+        return output.logits
+    if isinstance(output, (tuple, list)) and output and torch.is_tensor(output[0]):
+        return output[0]
+    raise ForcePruneError(f"cannot find the logits in the module's output ({type(output).__name__}); distil from a "
+                          "module that returns a tensor, a tuple starting with one, or an object with .logits.")

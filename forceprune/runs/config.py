@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from ..baselines import FISHER, GROUP_NORM
 from ..budget import TARGET_KEYS, budget_errors
 from ..checkpoint import read_text
+from ..distill import Distillation
 from ..errors import ForcePruneError
 
 if sys.version_info >= (3, 11):
@@ -67,8 +69,8 @@ class RunConfig:
 
     #: the ``task`` value selecting this class in a config file
     task_name: ClassVar[str] = DEFAULT_TASK
-    #: methods that are not force laws (e.g. ``"none"``: no pruning)
-    baselines: ClassVar[tuple[str, ...]] = ("none",)
+    #: methods that are not force laws (``"none"``: no pruning; see forceprune.baselines)
+    baselines: ClassVar[tuple[str, ...]] = ("none", GROUP_NORM, FISHER)
 
     force_options: dict = option({}, "Options of the force law, e.g. beta (penalty strength), norm, pivot, scale.")
     capture: Literal["unit", "element"] | None = option(None, 'What is captured (held at exactly 0): whole units ("unit") or single weights ("element"); unset = the force\'s default.')
@@ -82,6 +84,8 @@ class RunConfig:
     widths: dict | None = option(None, "Cut to these widths instead of removing zeros: {unit set name = units kept}; unset = lossless removal of exact zeros.")
     data_dir: str | None = option(None, "Dataset root directory; unset = $FORCEPRUNE_DATA, then ../shared/data beside the checkout, then ~/.cache/forceprune/data.")
     finetune_lr: float | None = option(None, "Peak learning rate of the fine-tuning phase after removal; unset = the task's default fraction of lr.")
+    distill: dict = option({}, "Distillation from the dense model (the dense phase: needs dense_epochs > 0) during the force and fine-tuning phases: temperature (2.0), alpha (the KL's share of the loss, 0.5), hidden (weight of per-layer hidden-state matching, 0). Empty = off.")
+    init_from_dense: bool = option(False, "Start the force phase from the dense phase's trained weights (prune a trained model) instead of from the same initial weights.")
     seed: int = option(0, "Seed of torch, numpy and random; also fixes data order and model initialisation.")
     output_dir: str = option("runs/forceprune", "Directory for checkpoints, report.json, pictures and the pruned model; default runs/<config name>.")
 
@@ -103,10 +107,25 @@ class RunConfig:
         need(bool(self.output_dir.strip()), 'output_dir is empty: set e.g. output_dir = "runs/my_run"')
         need("beta" not in self.force_options or _is_number(self.force_options["beta"]) and self.force_options["beta"] >= 0,
              f"force_options.beta = {self.force_options.get('beta')!r} must be a number >= 0, e.g. beta = 5e-4")
+        try:
+            Distillation(**self.distill)
+        except TypeError:
+            errors.append(f"unknown distill options {sorted(set(self.distill) - {'temperature', 'alpha', 'hidden'})}; "
+                          "valid: temperature, alpha, hidden")
+        except ForcePruneError as exc:
+            errors.append(str(exc).rstrip("."))
+        dense = getattr(self, "dense_epochs", 0)
+        need(not (self.distill or self.init_from_dense) or dense > 0,
+             f"{'distill' if self.distill else 'init_from_dense'} needs a dense model: set dense_epochs > 0 (the dense "
+             "phase trains the teacher / the starting point)")
         targets = [k for k in TARGET_KEYS if getattr(self, k) is not None]
         force = getattr(self, "force", None)
-        need(not targets or force not in self.baselines,
+        need(not targets or force not in self.baselines or (force == FISHER and targets == ["target_macs"]),
              f"{targets[0] if targets else ''} needs a force (the controller scales it); force {force!r} has none")
+        need(force != FISHER or self.target_macs is not None,
+             f"force {FISHER!r} searches for a MACs target: set target_macs, e.g. target_macs = 0.5")
+        need(force != GROUP_NORM or bool(self.widths),
+             f"force {GROUP_NORM!r} prunes to given per-layer widths: set widths = {{unit set name = units kept}}")
         need(not (targets and self.widths), f"give either {targets[0] if targets else 'a target'} or widths, not both")
         need(self.widths is None or all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in self.widths.values()),
              "widths must map unit set names to whole numbers of units >= 1, e.g. widths = { fc1 = 8 }")
@@ -177,8 +196,8 @@ def apply_override(data: dict[str, Any], item: str, cls: type[RunConfig]) -> Non
     if not dot:
         data[head] = value
         return
-    if head not in ("force_options", "budget", "widths"):
-        raise ConfigError(f"override {item!r}: only force_options, budget and widths have sub-keys; use {head}=value")
+    if head not in ("force_options", "budget", "widths", "distill"):
+        raise ConfigError(f"override {item!r}: only force_options, budget, widths and distill have sub-keys; use {head}=value")
     current = data.get(head) or {}
     if not isinstance(current, dict):
         raise ConfigError(f"override {item!r}: {head} is {current!r}, not a table; set {head} as a table or drop that override")

