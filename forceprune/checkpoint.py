@@ -46,7 +46,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(exc, path) from exc
     tmp = _temp_beside(path, "tmp")
     try:
         yield tmp
@@ -86,6 +89,7 @@ _WRITE_HINTS = {
     errno.EROFS: "the file system is read-only: write elsewhere",
     errno.ENAMETOOLONG: "the path is too long for the file system: choose a shorter output path",
     errno.ENOTDIR: "a part of the path is a file, not a directory: choose another output path",
+    errno.EEXIST: "a part of the path is a file, not a directory: choose another output path",
 }
 
 

@@ -148,11 +148,12 @@ def _hint(exc: Exception, args: argparse.Namespace) -> str:
         "exists": "; pass --resume to continue it, --overwrite to replace it, or choose another --output-dir",
         "not_a_run": f"; create one with: forceprune train CONFIG {where}",
         "incomplete": f"; continue it with: forceprune train CONFIG {where} --resume",
+        "no_checkpoint": f"; train it with: forceprune train CONFIG {where}",
+        "not_pruned": f"; remove its units with: forceprune prune {exc.path}",
         "is_file": "; choose a directory with --output-dir",
         "protected": "; choose another --output-dir",
         "not_writable": "; choose another --output-dir",
         "nothing_to_resume": "; start it without --resume",
-        "config_changed": "; run with the settings it was started with (its config.json), or pass --overwrite",
     }.get(exc.reason, "")
 
 

@@ -202,9 +202,13 @@ FILE_CASES = {
                                     lambda d: prune(d, overwrite=True, progress=False), "truncated or damaged"),
     "checkpoint with pickled code": (lambda d: _pickled_code(d / "checkpoints" / "force.pt"),
                                      lambda d: prune(d, overwrite=True, progress=False), "refuses to unpickle"),
+    "checkpoint of plain tensors, not ours": (lambda d: torch.save({"w": torch.ones(2)}, d / "checkpoints" / "force.pt"),
+                                              lambda d: prune(d, overwrite=True, progress=False),
+                                              "is not a forceprune checkpoint (it has no epoch, model, history)"),
 }
 FILE_ERRORS = {"weights truncated": CorruptWeightsError, "plan.json damaged": PlanError,
-               "checkpoint with pickled code": UnsafeCheckpointError, "checkpoint not a checkpoint": CorruptFileError}
+               "checkpoint with pickled code": UnsafeCheckpointError, "checkpoint not a checkpoint": CorruptFileError,
+               "checkpoint of plain tensors, not ours": CorruptFileError}
 
 
 @pytest.mark.parametrize("case", FILE_CASES, ids=list(FILE_CASES))
@@ -273,6 +277,13 @@ def test_eval_refuses_a_model_made_for_another_dataset(copy):
     expect(RunDirError, "dataset 'mnist' (config.json says 'fashion_mnist')", lambda: evaluate_run(copy), copy)
 
 
+def test_prune_refuses_checkpoints_of_another_dataset(copy):
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "dataset": "cifar10"}))
+    expect(RunDirError, "was made for another run: dataset 'mnist' (config.json says 'cifar10')",
+           lambda: prune(copy, overwrite=True, progress=False), copy)
+
+
 def test_load_pruned_names_the_model_it_was_made_for(tmp_path):
     from forceprune.plan import load_pruned, make_plan, save_pruned
 
@@ -303,6 +314,13 @@ def test_export_onnx_with_wrong_inputs(tmp_path):
     expect(fp.ForcePruneError, "does not run on the given example_inputs",
            lambda: fp.export_onnx(model, torch.randn(1, 5), tmp_path / "m.onnx"), tmp_path)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_onnx_below_a_file(tmp_path):
+    pytest.importorskip("onnx")
+    (tmp_path / "file").write_text("mine")
+    expect(WriteError, "a part of the path is a file",
+           lambda: fp.export_onnx(torch.nn.Linear(4, 2), torch.randn(1, 4), tmp_path / "file" / "m.onnx"), tmp_path)
 
 
 # -- the command line --------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 import types
 import typing
@@ -284,7 +285,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"{key} = {value!r} has the wrong type: expected a table, e.g. {key} = {{ beta = 1e-4 }}")
         return dict(value)
     if hint is float and _is_number(value):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} = {value!r} must be a finite number")
         return float(value)
+    if hint is int and isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)  # 1e3 means 1000; its range is checked with the other values
     if hint in (int, str, bool) and type(value) is hint:
         return value
     raise ConfigError(f"{key} = {value!r} has the wrong type: expected {_describe(hint)}")

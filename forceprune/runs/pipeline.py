@@ -159,12 +159,12 @@ def load_trained(task, run: Run) -> Trained:
     history: list[dict[str, Any]] = []
     acc_dense, dense = None, None
     if task.config.dense_epochs > 0:
-        dense_state = complete_checkpoint(run.out_dir, "dense", _epochs(task, "dense"), task.device)
+        dense_state = complete_checkpoint(run.out_dir, "dense", _epochs(task, "dense"), task.device, task.config.to_dict())
         history += dense_state["history"]
         acc_dense = history[-1]["eval_acc"]
         dense = task.build_model()
         dense.load_state_dict(dense_state["model"])
-    state = complete_checkpoint(run.out_dir, "force", _epochs(task, "force"), task.device)
+    state = complete_checkpoint(run.out_dir, "force", _epochs(task, "force"), task.device, task.config.to_dict())
     model, teacher = _start_of_force_phase(task, dense)
     model.load_state_dict(state["model"])
     method = build_method(task, model, task.phase("force").total_steps(max(len(task.train_batches), 1)))
@@ -390,7 +390,7 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None) -> dict[str, 
     config = load_run_config(run_dir, data_dir)
     path = Path(run_dir) / PRUNED_DIR
     if not path.exists():
-        raise RunDirError(f"{run_dir} has no {PRUNED_DIR}/ model; finish the run first", reason="incomplete", path=run_dir)
+        raise RunDirError(f"{run_dir} has no {PRUNED_DIR}/ model; finish the run first", reason="not_pruned", path=run_dir)
     made_from, expected = read_plan(path).get("origin"), origin(config)
     if made_from is not None and made_from.get("sha256") != expected["sha256"]:
         differ = [f"{k} {made_from.get(k)!r} (config.json says {expected[k]!r})" for k in ("task", "model", "dataset")

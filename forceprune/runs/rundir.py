@@ -12,7 +12,7 @@ the previous run's files recoverable until the new run's first checkpoint (:clas
 Nothing here prints or knows the command line: errors are :class:`RunDirError` with a
 ``reason`` (``"exists"``, ``"is_file"``, ``"protected"``, ``"not_a_run"``, ``"incomplete"``,
 ``"conflict"``, ``"not_writable"``, ``"nothing_to_resume"``, ``"config_changed"``,
-``"locked"``) and the paths involved, which the CLI turns into flag hints.
+``"locked"``, ``"no_checkpoint"``, ``"not_pruned"``, ``"damaged"``, ``"mismatch"``) and the paths involved, which the CLI turns into flag hints.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..checkpoint import load_checkpoint, read_json
-from ..errors import ForcePruneError
+from ..errors import CorruptFileError, ForcePruneError
 
 CONFIG_FILE, REPORT_FILE, CHECKPOINT_DIR, PRUNED_DIR = "config.json", "report.json", "checkpoints", "pruned"
 PHASES = ("dense", "force", "finetune")
@@ -85,7 +85,7 @@ def saved_config(run_dir: str | Path) -> dict:
         raise RunDirError(f"{run_dir} is not a forceprune run directory (no {CONFIG_FILE})", reason="not_a_run", path=run_dir)
     data = read_json(path, "restore it, or start the run again")
     if not isinstance(data, dict):
-        raise RunDirError(f"{path} does not hold a config table; restore it, or start the run again", reason="not_a_run",
+        raise RunDirError(f"{path} does not hold a config table; restore it, or start the run again", reason="damaged",
                           path=run_dir)
     return data
 
@@ -99,12 +99,23 @@ def checkpoint_path(run_dir: str | Path, phase: str) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"{phase}.pt"
 
 
-def complete_checkpoint(run_dir: str | Path, phase: str, epochs: int, device="cpu") -> dict:
-    """A phase's checkpoint, refused unless its last epoch has finished."""
+def complete_checkpoint(run_dir: str | Path, phase: str, epochs: int, device="cpu", config: dict | None = None) -> dict:
+    """A phase's checkpoint, refused unless it is a complete forceprune checkpoint of this run
+    (made with ``config``'s task, model and dataset) whose last epoch has finished."""
     path = checkpoint_path(run_dir, phase)
     if not path.exists():
-        raise RunDirError(f"{run_dir} has no {phase} checkpoint; train first", reason="incomplete", path=run_dir)
-    state = load_checkpoint(path, map_location=device)
+        raise RunDirError(f"{run_dir} has no {phase} checkpoint (train it first)", reason="no_checkpoint", path=run_dir)
+    fix = "restore it from a backup, or train the run again"
+    state = load_checkpoint(path, map_location=device, fix=fix)
+    missing = [k for k in ("epoch", "model", "history") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CorruptFileError(f"{path} is not a forceprune checkpoint (it has no {', '.join(missing)}); {fix}")
+    made_with = state.get("config") or {}
+    differ = [f"{k} {made_with.get(k)!r} (config.json says {config.get(k)!r})" for k in ("task", "model", "dataset")
+              if config is not None and k in made_with and made_with.get(k) != config.get(k)]
+    if differ:
+        raise RunDirError(f"{path} was made for another run: {', '.join(differ)}; restore {CONFIG_FILE} or train this "
+                          "config in another output directory", reason="mismatch", path=run_dir)
     if state["epoch"] < epochs:
         raise RunDirError(f"{phase} training in {run_dir} stopped after epoch {state['epoch']}/{epochs}; finish it "
                           "(resume the training) first", reason="incomplete", path=run_dir)
