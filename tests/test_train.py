@@ -182,3 +182,16 @@ def test_evaluate_returns_percent():
     assert result.accuracy == pytest.approx(50.0) and result.count == 8
     assert result.loss == pytest.approx(F.cross_entropy(torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([0])).item() * 4 / 8
                                          + F.cross_entropy(torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([1])).item() * 4 / 8)
+
+
+def test_epoch_e_trains_on_the_loader_s_stream_of_epoch_e():
+    """The training loop iterates its batches once per epoch: epoch e sees exactly the (seed, e)
+    stream that BatchLoader documents (a progress-bar wrapper once consumed a stream ahead)."""
+    trainer = new_trainer(tiny_phase(epochs=2, warmup_epochs=0), None, with_pruner=False)
+    seen = []
+    trainer.model.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()) if m.training else None)
+    trainer.fit()
+    reference = tiny_loaders()[0]
+    for epoch, first in ((0, seen[0]), (1, seen[6])):
+        reference.set_epoch(epoch)
+        assert torch.equal(first, next(iter(reference))[0])

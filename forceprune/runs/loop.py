@@ -288,11 +288,11 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.phase.max_grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            if self.method is not None and self.force_mode == "prox":
-                self.method.proximal_step(self.optimizer.param_groups[0]["lr"])
-            self.scheduler.step()
-            if self.method is not None:
+            if self.method is not None:  # with the step size just used: it sets the capture bound
+                if self.force_mode == "prox":
+                    self.method.proximal_step(self.optimizer.param_groups[0]["lr"])
                 self.method.step()
+            self.scheduler.step()
             self.step += 1
             keep = labels != IGNORE_INDEX
             n = int(keep.sum())
