@@ -88,12 +88,12 @@ class Force(abc.ABC):
     def __post_init__(self) -> None:
         if not isinstance(self.beta, (int, float)) or not math.isfinite(self.beta) or self.beta < 0:
             raise ForcePruneError(f"beta must be a finite number >= 0, got {self.beta!r}; try beta=1e-4.")
-        _check_choice("norm", self.norm, NORMS)
-        _check_choice("reduction", self.reduction, REDUCTIONS)
-        _check_choice("include", self.include, INCLUDES)
-        _check_choice("distance_norm", self.distance_norm, DISTANCE_NORMS)
+        check_choice("norm", self.norm, NORMS)
+        check_choice("reduction", self.reduction, REDUCTIONS)
+        check_choice("include", self.include, INCLUDES)
+        check_choice("distance_norm", self.distance_norm, DISTANCE_NORMS)
         if isinstance(self.pivot, str):
-            _check_choice("pivot", self.pivot, ("middle", "ranked"))
+            check_choice("pivot", self.pivot, ("middle", "ranked"))
         elif not isinstance(self.pivot, int) or isinstance(self.pivot, bool) or self.pivot < 0:
             raise ForcePruneError(f"pivot must be 0, 'middle', 'ranked' or a channel index >= 0, got {self.pivot!r}.")
 
@@ -157,7 +157,7 @@ class Force(abc.ABC):
         return {"name": self.name, **dataclasses.asdict(self)}
 
 
-def _check_choice(field: str, value, choices) -> None:
+def check_choice(field: str, value, choices) -> None:
     if value not in choices:
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""

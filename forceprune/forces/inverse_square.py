@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ForcePruneError
-from .base import Force, _check_choice, register_force
+from .base import Force, check_choice, register_force
 
 DISTANCES = ("from_tail", "index")
 
@@ -39,7 +39,7 @@ class _InverseSquare(Force):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_choice("distance", self.distance, DISTANCES)
+        check_choice("distance", self.distance, DISTANCES)
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
             raise ForcePruneError(f"eps (softening of 1/r^2) must be > 0, got {self.eps!r}; try 0.1.")
 
@@ -89,7 +89,7 @@ class Electrostatic(_InverseSquare):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_choice("charge", self.charge, ("positional", "signed_mean"))
+        check_choice("charge", self.charge, ("positional", "signed_mean"))
         if not 0.0 < self.keep_ratio < 1.0:
             raise ForcePruneError(f"keep_ratio must be in (0, 1), got {self.keep_ratio!r}.")
         if not 0.0 <= self.attraction <= 1.0:
