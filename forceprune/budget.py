@@ -56,6 +56,11 @@ class Budget:
         tolerance: relative slack at removal (0.03): if training ended within 3 % above the
             target, removal does not cut non-zero units to close the gap. The controller itself
             aims at or below the target.
+        uniform: keep one width per kind of unit set across layers (every attention block the
+            same heads, every FFN the same width): removal takes from each set of a kind and
+            size only as many zero units as every one of them has, and the controller counts
+            the cost that way, so the pruned model saves as a plain Hugging Face folder
+            (``save_pruned_pretrained(..., uniform=True)``).
     """
 
     target: float
@@ -68,6 +73,7 @@ class Budget:
     min_width: int = 1
     round_to: int = 1
     tolerance: float = 0.03
+    uniform: bool = False
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -99,6 +105,8 @@ class Budget:
                 raise ForcePruneError(f"{name} must be an int >= 1, got {v!r}.")
         if not 0 <= self.tolerance < 0.5:
             raise ForcePruneError(f"tolerance must be in [0, 0.5), got {self.tolerance!r}.")
+        if not isinstance(self.uniform, bool):
+            raise ForcePruneError(f"uniform must be true or false, got {self.uniform!r}.")
 
     def planned(self, progress: float) -> float:
         """Planned kept fraction (or latency ratio) at ``progress`` in [0, 1]."""

@@ -10,6 +10,11 @@ model, so the policy can be read and tested on its own.
   needs, crossing the target on cheap units where possible.
 * :func:`complete_budget`: at removal, apply floors and rounding and, if the zero units were not
   enough, remove the weakest remaining units globally until the target holds.
+* :func:`equalize` (``uniform=True``): the same number of units removed from every unit set of
+  a class (:func:`uniform_classes`: same kind and size, e.g. the FFN of every layer), so that the
+  pruned model has one width per kind and saves as a plain Hugging Face folder. Zero units only
+  (``"min"``: lossless) or, when a budget must cut non-zero units, as many as the set losing most
+  (``"max"``).
 """
 from __future__ import annotations
 
@@ -79,13 +84,42 @@ def _cross(chosen: Masks, merged: Callable[[Masks], Masks], rest: list[tuple[flo
     return chosen if current <= budget.target else _with(chosen, rest[:1])
 
 
+def uniform_classes(keys: Sequence[object]) -> list[list[int]]:
+    """Indices of the unit sets that must keep one width, grouped by ``keys[i]`` (e.g.
+    ``(kind, size)`` of unit set ``i``); singletons are left out."""
+    groups: dict[object, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def equalize(masks: Masks, classes: Sequence[Sequence[int]], scores: Sequence[torch.Tensor], mode: str) -> Masks:
+    """Masks with as many units removed from every set of a class: the fewest any set of it
+    removes (``mode="min"``: sets keep their best-scoring removed units, so only units that were
+    removable go) or the most (``"max"``: sets also lose their weakest kept units)."""
+    out = [m.clone() for m in masks]
+    for cls in classes:
+        counts = [int(out[i].sum()) for i in cls]
+        want = min(counts) if mode == "min" else max(counts)
+        for i, n in zip(cls, counts):
+            pick = out[i] if n > want else ~out[i]
+            order = torch.argsort(scores[i], descending=n > want, stable=True).tolist()
+            for u in [u for u in order if pick[u]][: abs(n - want)]:
+                out[i][u] = n < want
+    return out
+
+
 def complete_budget(removes: Masks, scores: Sequence[torch.Tensor], fraction: Fraction,
-                    budget: Budget) -> tuple[Masks, list[str]]:
+                    budget: Budget, classes: Sequence[Sequence[int]] = ()) -> tuple[Masks, list[str]]:
     """Apply floors and rounding to the removal masks; if the fraction is still above
     ``target * (1 + tolerance)``, also remove the weakest remaining units globally (lowest
-    score first) until it holds. Returns the masks and notes for the report."""
-    floored = lambda masks: [respect_floor(r, sc, budget) for r, sc in zip(masks, scores)]  # noqa: E731
-    removes = floored(removes)
+    score first) until it holds. ``classes`` (:func:`uniform_classes`): sets that keep one
+    width (added units are equalized with ``"max"``). Returns the masks and notes for the report."""
+    def floored(masks: Masks) -> Masks:
+        masks = equalize(masks, classes, scores, "max") if classes else masks
+        return [respect_floor(r, sc, budget) for r, sc in zip(masks, scores)]
+
+    removes = [respect_floor(r, sc, budget) for r, sc in zip(removes, scores)]
     limit = budget.target * (1 + budget.tolerance)
     if fraction(removes) <= limit:
         return removes, []

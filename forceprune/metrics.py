@@ -1,9 +1,12 @@
 """MACs, parameters and latency, counted the way torch-pruning counts them.
 
 MACs per sample come from ``torch_pruning.utils.count_ops_and_params`` (module hooks, the
-DepGraph convention) plus the matrix products that no module owns -- attention's
-``q @ k^T`` and ``attn @ v`` written with ``torch.matmul`` or
-``F.scaled_dot_product_attention`` -- counted with ``torch.utils.flop_counter``.
+DepGraph convention) plus what it does not see: the matrix products that no module owns --
+attention's ``q @ k^T`` and ``attn @ v`` written with ``torch.matmul`` or
+``F.scaled_dot_product_attention``, counted with ``torch.utils.flop_counter`` (grouped-query
+attention counts every query head: the shared keys and values are read once per query head)
+-- and Hugging Face's ``Conv1D`` projections (GPT-2), counted like ``nn.Linear``
+(``tokens * in * out`` plus ``out`` for the bias).
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import torch_pruning as tp
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ._torch import eval_mode, run_model
+from .attention.slicing import is_conv1d
+from .tracing import no_kv_cache
 
 _aten = torch.ops.aten
 #: Ops that appear in attention without an owning nn.Linear/Conv (2 FLOPs per MAC).
@@ -44,15 +49,42 @@ _CUSTOM_FLOPS = {_aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_f
 def functional_macs(model: nn.Module, example_inputs) -> int:
     """MACs of batched matrix products and fused attention not owned by a counted module
     (``nn.MultiheadAttention`` is counted by torch-pruning's hook, so it is excluded)."""
-    mha_names = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_CUSTOM_FLOPS) as counter:
+    with _uncounted_macs(model) as uncounted, torch.no_grad():
         run_model(model, example_inputs)
-    counts = counter.get_flop_counts()
-    total = sum(v for op, v in counts.get("Global", {}).items() if op in _FUNCTIONAL_OPS)
-    for name, ops in counts.items():
-        if any(name.endswith(n) for n in mha_names if n):
-            total -= sum(v for op, v in ops.items() if op in _FUNCTIONAL_OPS)
-    return int(total // 2)
+    return uncounted()[0]
+
+
+@contextlib.contextmanager
+def _uncounted_macs(model: nn.Module):
+    """While the block runs the model (or a deep copy of it: the hooks travel with it) once,
+    count what torch-pruning's counter does not; yields a function returning ``(functional
+    MACs, {Conv1D name: MACs})``."""
+    mha_names = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    conv1d: dict[str, int] = {}
+
+    def count(name):
+        def hook(mod, args, out):
+            tokens = args[0].numel() // max(mod.nx, 1)
+            conv1d[name] = conv1d.get(name, 0) + tokens * mod.nx * mod.nf + mod.nf
+        return hook
+
+    hooks = [m.register_forward_hook(count(n)) for n, m in model.named_modules() if is_conv1d(m)]
+    counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM_FLOPS)
+
+    def result() -> tuple[int, dict[str, int]]:
+        counts = counter.get_flop_counts()
+        total = sum(v for op, v in counts.get("Global", {}).items() if op in _FUNCTIONAL_OPS)
+        for name, ops in counts.items():
+            if any(name.endswith(n) for n in mha_names if n):
+                total -= sum(v for op, v in ops.items() if op in _FUNCTIONAL_OPS)
+        return int(total // 2), conv1d
+
+    try:
+        with counter:
+            yield result
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 class _WithoutLine(io.TextIOBase):
@@ -89,22 +121,29 @@ def count_macs_params(model: nn.Module, example_inputs) -> tuple[int, int]:
 
     MACs are per forward pass of the given batch; pass a batch of one for MACs per sample.
     """
-    with eval_mode(model), _torch_pruning_counter():
-        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
-        macs += functional_macs(model, example_inputs)
-    return int(macs), int(params)
+    with eval_mode(model), no_kv_cache(model), _torch_pruning_counter():
+        with _uncounted_macs(model) as uncounted:  # the same forward pass (of torch-pruning's copy)
+            macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+        functional, conv1d = uncounted()
+    return int(macs + functional + sum(conv1d.values())), int(params)
 
 
 def layer_macs(model: nn.Module, example_inputs) -> dict[str, int]:
-    """MACs per named conv/linear layer (torch-pruning's per-layer counts)."""
-    with eval_mode(model), _torch_pruning_counter():
+    """MACs per named conv/linear (and ``Conv1D``) layer (torch-pruning's per-layer counts)."""
+    with eval_mode(model), no_kv_cache(model), _torch_pruning_counter():
         _, _, per_layer, _ = tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)
+        conv1d = {}
+        if any(is_conv1d(m) for m in model.modules()):
+            with _uncounted_macs(model) as uncounted, torch.no_grad():
+                run_model(model, example_inputs)
+            conv1d = uncounted()[1]
     names = {m: n for n, m in model.named_modules()}
-    return {
+    out = {
         names[m]: int(v)
         for m, v in per_layer.items()
         if v is not None and isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
     }
+    return {**out, **conv1d}
 
 
 @torch.inference_mode()

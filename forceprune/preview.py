@@ -3,7 +3,8 @@
 A preview removes units from a deep copy of the model with the same surgery as the real
 removal (:func:`forceprune.removal.apply_removal`), so its MACs, parameters and latency are
 those the pruned model will have. Budgets call this a few dozen times per controller update
-(each costs one trace of the copy); nothing here keeps state.
+(each costs a deep copy, and one trace of the copy when torch-pruning channel groups lose
+units); nothing here keeps state.
 """
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
 from ._torch import eval_mode
 from .metrics import count_macs_params
-from .removal import RemovalPlan, apply_removal, keep_one
-from .units import UnitSet
+from .removal import RemovalPlan, apply_removal, keep_one, needs_graph
+from .units import UnitSet, model_graph
 
 
 def pruned_copy(model: nn.Module, unit_sets: list[UnitSet], inputs, removable: list[torch.Tensor]) -> nn.Module:
@@ -26,10 +26,11 @@ def pruned_copy(model: nn.Module, unit_sets: list[UnitSet], inputs, removable: l
     # an instance-level forward wrapper (e.g. the HF callback's penalty hook) is bound to the
     # original model: the copy must run its own class forward
     clone.__dict__.pop("forward", None)
-    with eval_mode(clone):
-        graph = tp.DependencyGraph().build_dependency(clone, example_inputs=inputs, verbose=False)
     plans = [RemovalPlan(us, keep_one(rem), torch.zeros(us.size, dtype=torch.bool)) for us, rem in zip(unit_sets, removable)]
-    apply_removal(graph, plans, clone)
+    # provider unit sets (attention, FFN, residual stream) need no graph: a decoder previews without a trace
+    graph = model_graph(clone, inputs) if needs_graph(plans) else None
+    with eval_mode(clone):
+        apply_removal(graph, plans, clone)
     return clone
 
 

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from ._torch import model_device, to_device
 from .budget import Budget, BudgetController, target_of
-from .budget_selection import capture_within_budget
+from .budget_selection import capture_within_budget, equalize, uniform_classes
 from .capture import CAPTURE_MODES, apply_captures, build_masks, clip_elements, enforce_zeros, find_captures
 from .errors import ForcePruneError, NonFiniteError
 from .forces import Force, resolve
@@ -67,11 +67,13 @@ class ForcePruner:
             inputs on this machine), through a fitted latency model.
         total_steps: number of :meth:`step` calls in training; required with a target.
         budget: further :class:`~forceprune.budget.Budget` options (``warmup``, ``reach``,
-            ``every``, ``gain``, ``min_width``, ``round_to``, ``tolerance``).
+            ``every``, ``gain``, ``min_width``, ``round_to``, ``tolerance``, ``uniform``: one
+            width per kind of unit set across layers).
         optimizer: the training optimizer (recommended): its step size sets the proximal
             capture bound, and its momentum/Adam state of captured units is cleared too.
-        kinds: prune only unit sets of these kinds (``"head"``, ``"neuron"``, ``"channel"``),
-            e.g. ``("head", "neuron")`` for a transformer's attention heads and FFN neurons.
+        kinds: prune only unit sets of these kinds (:data:`~forceprune.units.UNIT_KINDS`:
+            ``"channel"``, ``"head"``, ``"kv_group"``, ``"neuron"``, ``"hidden"``, ``"group"``),
+            e.g. ``("head", "kv_group", "neuron")`` for a decoder's attention and FFN only.
         **force_options: options of the force law (``beta``, ``norm``, ``pivot``, ...).
     """
 
@@ -99,6 +101,7 @@ class ForcePruner:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ForcePruneError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        _check_materialised(model)
         self.force, defaults = resolve(force, force_options)
         self.capture_mode = capture if capture is not None else defaults["capture"]
         self.threshold = float(threshold if threshold is not None else defaults["threshold"])
@@ -117,6 +120,8 @@ class ForcePruner:
         self.latency_model = None
         self._summary_cache: tuple | None = None
         self._counts_now: tuple[int, int] | None = None
+        self._calls = 0
+        self.uniform = bool((budget or {}).get("uniform", False))
         self._rebuild()
         self.macs_dense, self.params_dense = count_macs_params(self.model, self._inputs())
         self.controller = None if target is None else self._make_controller(*target, total_steps, budget)
@@ -137,13 +142,45 @@ class ForcePruner:
         if not self.unit_sets and not allow_empty:
             raise ForcePruneError(
                 "the model has no prunable unit: every conv/linear layer is ignored, is an output layer, or is "
-                "coupled to a LayerNorm/embedding. Check ignored_layers, or pass ignore_output_layers=False."
+                f"coupled to a LayerNorm/embedding{'' if self.kinds is None else f', or of a kind not in kinds={self.kinds}'}. "
+                "Check ignored_layers, or pass ignore_output_layers=False; for attention that was reported unmapped, "
+                "register its layout (forceprune.attention.register_attention_layout)."
             )
         for us in self.unit_sets:
             if us.name in old and len(old[us.name]) == us.size:
                 us.dead = old[us.name].clone()
         self._masks = build_masks(self.unit_sets, self.force.include)
         self._set_weights = cost_weights(self.model, self.unit_sets, inputs, self.cost_power)
+        self._watched = list({id(m): (n, m) for us in self.unit_sets for n, m in us.modules().items()}.values())
+        self._classes = uniform_classes([(us.kind, us.size) for us in self.unit_sets])
+
+    def _check_modules(self, always: bool = False) -> None:
+        """Every module the unit sets point at is still the model's module of that name (a
+        module replaced after the pruner was built would silently escape the force and break
+        removal). Checked on every 10th training call, and always before capture and removal."""
+        self._calls += 1
+        if not always and self._calls % 10 != 1:
+            return
+        for name, module in self._watched:
+            try:
+                now = self.model.get_submodule(name)
+            except AttributeError:
+                now = None
+            if now is not module:
+                what = "removed" if now is None else f"replaced by a {type(now).__name__}"
+                raise ForcePruneError(
+                    f"module {name!r} was {what} after the ForcePruner was built: the pruner's unit sets still point at "
+                    "the old module, so the force and removal would act on weights the model no longer uses. Build a "
+                    "new ForcePruner after changing the model (pruner state can be carried over with "
+                    "state_dict()/load_state_dict() when the shapes are unchanged)."
+                )
+
+    def _uniform(self, removes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """With ``uniform``, the removal masks of what a uniform removal would take (the fewest
+        zero units any set of a kind and size has, from each of them)."""
+        if not self.uniform or not self._classes:
+            return removes
+        return equalize(removes, self._classes, [torch.zeros(us.size) for us in self.unit_sets], "min")
 
     def _make_controller(self, metric: str, target: float, total_steps, options) -> BudgetController:
         asked = target
@@ -171,6 +208,7 @@ class ForcePruner:
 
     def penalty(self) -> torch.Tensor:
         """The force penalty: a differentiable scalar to add to the task loss."""
+        self._check_modules()
         if self.scale == 0.0:
             return torch.zeros((), device=model_device(self.model))
         total = torch.zeros((), device=model_device(self.model))
@@ -191,6 +229,7 @@ class ForcePruner:
         ``lr`` (default: the attached optimizer's first learning rate), scaled by the budget
         controller. Use it to prune pretrained models under Adam, where a loss-term force
         moves each weight by only ~``lr`` per step (:mod:`forceprune.proximal`)."""
+        self._check_modules()
         if lr is None:
             if self.optimizer is None:
                 raise ForcePruneError("proximal_step() needs lr= or an optimizer: call pruner.attach_optimizer(optimizer) first.")
@@ -201,6 +240,7 @@ class ForcePruner:
         """Call after every ``optimizer.step()``: re-zero captured units; capture new ones
         every ``capture_every`` calls."""
         self.steps += 1
+        self._check_modules()
         enforce_zeros(self._masks, self.optimizer)
         frozen = self.controller is not None and self.controller.reached
         update = self.controller is not None and self.steps % self.controller.budget.every == 0
@@ -214,6 +254,7 @@ class ForcePruner:
 
     def capture(self) -> int:
         """Capture now: returns how many units became exactly zero (none once a budget is met)."""
+        self._check_modules(always=True)
         if self.controller is not None and self.controller.reached:
             return 0
         if self.capture_mode == "element":
@@ -249,7 +290,7 @@ class ForcePruner:
         return (*self._counts_now, *counts_if_removed(self.model, self.unit_sets, inputs, removable))
 
     def _fraction_if_removed(self, removes: list[torch.Tensor]) -> float:
-        return self.kept_fraction(self._preview(removes))
+        return self.kept_fraction(self._preview(self._uniform(removes)))
 
     def kept_fraction(self, preview: tuple | None = None, metric: str | None = None) -> float:
         """Fraction of the dense cost the model would keep if removable units were removed."""
@@ -282,7 +323,7 @@ class ForcePruner:
 
     def summary(self) -> dict:
         """Units captured so far and the MACs/params the model would have if they were removed."""
-        removable = [removable_units(us)[0] for us in self.unit_sets]
+        removable = self._uniform([removable_units(us)[0] for us in self.unit_sets])
         key = tuple(tuple(torch.nonzero(r).flatten().tolist()) for r in removable)
         if self._summary_cache is None or self._summary_cache[0] != key:
             self._summary_cache = (key, self._preview(removable))
@@ -299,21 +340,30 @@ class ForcePruner:
         }
 
     # -- removal ---------------------------------------------------------------------------------
-    def prune(self, widths: dict[str, int] | None = None, tolerance: float = 0.0, calibration_inputs=None) -> PruneReport:
+    def prune(self, widths: dict[str, int] | None = None, tolerance: float = 0.0, calibration_inputs=None,
+              uniform: bool | None = None, check: bool = True) -> PruneReport:
         """Physically remove units, in place, and report what changed.
 
         Default mode (``widths=None``): remove only units that are exactly zero (or
         ``<= tolerance``), folding any constant they emit into consumers' biases; outputs
-        are unchanged. Width mode: ``widths={unit_set_name: k}`` keeps the ``k`` units with the
-        largest force-weighted norm ``||w_i|| / phi_i`` in each named set (others untouched)
-        and reports the output error this causes.
+        are unchanged, and checked: if they change by more than rounding (``1e-5`` relative in
+        float32) the model is restored and :class:`~forceprune.removal.LossyRemovalError`
+        names the unit sets and layouts at fault (``check=False`` skips the check and the copy
+        of the model it keeps meanwhile). ``uniform`` (default: the budget's ``uniform``) keeps
+        one width per kind of unit set. Width mode: ``widths={unit_set_name: k}`` keeps the
+        ``k`` units with the largest force-weighted norm ``||w_i|| / phi_i`` in each named set
+        (others untouched) and reports the output error this causes.
         """
         _check_finite(self.model)
+        self._check_modules(always=True)
         inputs = self._inputs()
         calib = inputs if calibration_inputs is None else self._inputs(calibration_inputs)
         budget = self.controller.budget if self.controller is not None else None
-        plans, notes = plan_removal(self.unit_sets, self.force, widths, tolerance, budget, self._fraction_if_removed)
-        report = remove(self.model, self.graph, plans, inputs, calib, mode="zero" if widths is None else "width", notes=notes)
+        uniform = self.uniform if uniform is None else bool(uniform)
+        plans, notes = plan_removal(self.unit_sets, self.force, widths, tolerance, budget, self._fraction_if_removed,
+                                    uniform=uniform)
+        report = remove(self.model, self.graph, plans, inputs, calib, mode="zero" if widths is None else "width",
+                        notes=notes, check=check)
         self.history.append(report)
         for us in self.unit_sets:
             us.dead = torch.zeros(0, dtype=torch.bool)  # stale after surgery; _rebuild() resets
@@ -359,6 +409,18 @@ def _check_options(capture: str, threshold: float, capture_every, snap, cost_pow
         raise ForcePruneError(f"cost_power must be in [0, 4], got {cost_power!r}; 0 = uniform, 1 = MACs-proportional.")
     if kinds is not None and (isinstance(kinds, str) or not set(kinds) <= set(UNIT_KINDS)):
         raise ForcePruneError(f"kinds={kinds!r}: give a list of unit kinds from {UNIT_KINDS}, e.g. kinds=('head', 'neuron').")
+
+
+def _check_materialised(model: nn.Module) -> None:
+    """Refuse a model whose weights are not materialised (meta device): nothing could be traced,
+    measured or removed."""
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
+    if meta:
+        raise ForcePruneError(
+            f"the model's tensors are on the meta device (not materialised), e.g. {meta[0]!r}: forceprune needs real "
+            "weights to trace, measure and remove units. Load the weights first (from_pretrained without "
+            "device_map='meta'/init_empty_weights, or model.to_empty(device='cpu') then load_state_dict)."
+        )
 
 
 def _check_finite(model: nn.Module) -> None:

@@ -1,35 +1,57 @@
-"""Lossless removal: physically delete units that are exactly zero.
+"""Lossless removal: physically delete units that are exactly zero, and check that it was.
 
-A unit can go without changing the model's function when either
+A unit can go without changing the model's function when (``UnitSet.removal`` says which
+of these apply to a unit set)
 
 * every consumer reads it with all-zero weights (nobody listens), or
 * its producer weights are all zero, so the channel carries a constant ``c`` (``act(BN beta)``
   or ``act(bias)``, usually 0). The constant is measured on calibration inputs at each
   consumer's input and folded into the consumer's bias:
   ``linear: b += W[:, j] c``; ``conv: b += sum_{kh,kw} W[:, j] c`` (exact when the consumer
-  has no zero padding or ``c == 0``; otherwise the border error is measured and reported).
+  has no zero padding or ``c == 0``; otherwise the border error is measured and reported), or
+* (residual-stream channels) every write to it is zero, so it is zero everywhere.
 
-Surgery itself is torch-pruning's: one dependency group per unit set.
+Surgery is torch-pruning's for channel groups (one dependency group per unit set) and the
+unit set's own ``on_removed`` for provider unit sets (attention heads, FFN neurons, the
+residual stream). A removal of exact zeros is then checked: outputs before and after on the
+calibration inputs must agree to ``1e-5`` (relative, float32); otherwise the model is put back
+as it was and :class:`LossyRemovalError` names the unit sets and layouts at fault (found by
+removing each set alone from a copy). A removal that is lossy on purpose -- a budget that cut
+non-zero units, a fold at a zero-padded conv border, ``tolerance > 0``, width mode -- is
+reported in ``max_output_error`` and its warnings instead.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from typing import Callable
-
 from ._torch import eval_mode, flatten_tensors, run_model
+from .attention.slicing import is_conv1d
 from .budget import Budget
-from .budget_selection import complete_budget
+from .budget_selection import complete_budget, equalize, uniform_classes
 from .capture import producers_zero
 from .errors import ForcePruneError
 from .forces import Force
 from .metrics import count_macs_params, layer_macs
 from .report import PruneReport
 from .scoring import scores, weakest_tail
-from .units import CONSUMER, UnitSet
+from .snapshot import check_ties, restore
+from .tracing import no_kv_cache, shared_parameters
+from .units import CONSUMER, OWN_SURGERY, PRODUCER_WEIGHT, UnitSet, model_graph
+
+
+class LossyRemovalError(ForcePruneError):
+    """A removal of exactly-zero units changed the model's outputs: the units were mapped
+    wrongly (a layout that does not fit the module). ``unit_sets`` and ``layouts`` name the
+    culprits, ``error`` is the relative output change; the model is left as it was."""
+
+    def __init__(self, message: str, unit_sets: list[str], layouts: list[str], error: float):
+        super().__init__(message)
+        self.unit_sets, self.layouts, self.error = unit_sets, layouts, error
 
 
 @dataclass
@@ -39,6 +61,8 @@ class RemovalPlan:
     unit_set: UnitSet
     remove: torch.Tensor
     fold: torch.Tensor  # units whose constant output must be folded into consumers
+    #: every removed unit met an exactness condition (False: cut on purpose, e.g. by a budget)
+    exact: bool = True
 
 
 def consumers_zero(us: UnitSet, tolerance: float = 0.0) -> torch.Tensor:
@@ -48,9 +72,26 @@ def consumers_zero(us: UnitSet, tolerance: float = 0.0) -> torch.Tensor:
     return us.max_abs(CONSUMER) <= tolerance
 
 
+def writers_zero(us: UnitSet, tolerance: float = 0.0) -> torch.Tensor:
+    """``(G,)`` bool: units whose producer weights and biases are all ``<= tolerance`` (the
+    channel is exactly zero wherever it is read)."""
+    out = producers_zero(us, tolerance)
+    for s in us.slices:
+        if s.role != CONSUMER and s.param_name == "bias":
+            m = s.position_max_abs().float().cpu()
+            out &= torch.zeros(us.size).scatter_reduce(0, s.unit.cpu(), m, "amax") <= tolerance
+    return out
+
+
 def removable_units(us: UnitSet, tolerance: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(remove, fold)`` masks: units that can go, and those among them needing a bias fold."""
+    """``(remove, fold)`` masks: units that can go (by the set's ``removal`` rule), and those
+    among them needing a bias fold."""
+    none = torch.zeros(us.size, dtype=torch.bool)
+    if us.removal == "writers":
+        return writers_zero(us, tolerance), none
     silent = consumers_zero(us, tolerance)
+    if us.removal == "consumers":
+        return silent, none
     constant = producers_zero(us, tolerance) & ~silent
     if not us.has_role(CONSUMER):
         constant &= False
@@ -66,32 +107,42 @@ def keep_one(remove: torch.Tensor) -> torch.Tensor:
 
 
 def plan_removal(unit_sets: list[UnitSet], force: Force, widths: dict[str, int] | None, tolerance: float,
-                 budget: Budget | None, fraction: Callable[[list[torch.Tensor]], float]) -> tuple[list[RemovalPlan], list[str]]:
+                 budget: Budget | None, fraction: Callable[[list[torch.Tensor]], float],
+                 uniform: bool = False) -> tuple[list[RemovalPlan], list[str]]:
     """What a removal takes from each unit set, and notes for its report.
 
-    Zero mode (``widths=None``): the units that are exactly zero (or ``<= tolerance``); with a
-    ``budget``, completed by :func:`~forceprune.budget_selection.complete_budget` (``fraction``
-    gives the kept cost fraction of a set of removal masks). Width mode: in each set named in
-    ``widths``, every unit but the ``k`` with the largest force-weighted norm. A set always keeps
-    one unit."""
+    Zero mode (``widths=None``): the units that are exactly zero (or ``<= tolerance``); with
+    ``uniform``, only as many from each set as every set of its kind and size has
+    (:func:`~forceprune.budget_selection.equalize`); with a ``budget``, completed by
+    :func:`~forceprune.budget_selection.complete_budget` (``fraction`` gives the kept cost
+    fraction of a set of removal masks). Width mode: in each set named in ``widths``, every
+    unit but the ``k`` with the largest force-weighted norm. A set always keeps one unit. A
+    plan is ``exact`` when it removes only exactly-zero units (zero mode, ``tolerance == 0``)."""
+    unit_scores = [scores(force, us) for us in unit_sets]
+    classes = uniform_classes([(us.kind, us.size) for us in unit_sets]) if uniform else []
+    notes: list[str] = []
     if widths is None:
         pairs = [removable_units(us, tolerance) for us in unit_sets]
-        removes, folds = [r for r, _ in pairs], [f for _, f in pairs]
+        zero, folds = [r for r, _ in pairs], [f for _, f in pairs]
+        removes = equalize(zero, classes, unit_scores, "min") if classes else zero
+        if sum(int(r.sum()) for r in removes) < sum(int(r.sum()) for r in zero):
+            notes.append("uniform: kept some zero units so that every unit set of a kind keeps the same width")
     else:
         unknown = sorted(set(widths) - {us.name for us in unit_sets})
         if unknown:
             raise ForcePruneError(f"widths names unknown unit sets {unknown}; valid names: {[us.name for us in unit_sets]}.")
         removes = [weakest_tail(force, us, _width(us.name, widths.get(us.name, us.size))) for us in unit_sets]
-        folds = [torch.zeros(us.size, dtype=torch.bool) for us in unit_sets]
-    notes: list[str] = []
+        zero = folds = [torch.zeros(us.size, dtype=torch.bool) for us in unit_sets]
     if widths is None and budget is not None:
-        removes, notes = complete_budget(removes, [scores(force, us) for us in unit_sets], fraction, budget)
+        removes, more = complete_budget(removes, unit_scores, fraction, budget, classes)
+        notes += more
     plans = []
-    for us, rem, fold in zip(unit_sets, removes, folds):
+    for us, rem, fold, z in zip(unit_sets, removes, folds, zero):
         if bool(rem.all()):
             notes.append(f"{us.name}: every unit could be removed; kept one so the layer still exists")
             rem = keep_one(rem)
-        plans.append(RemovalPlan(us, rem, fold & rem))
+        exact = widths is None and tolerance == 0 and not bool((rem & ~z).any())
+        plans.append(RemovalPlan(us, rem, fold & rem, exact))
     return plans, notes
 
 
@@ -103,7 +154,7 @@ def _width(name: str, k) -> int:
 
 def _channel_values(x: torch.Tensor, module: nn.Module, index: torch.Tensor) -> torch.Tensor:
     """Input values of ``module`` at channel positions ``index``: shape ``(n, samples)``."""
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear) or is_conv1d(module):
         flat = x.reshape(-1, x.shape[-1])
         return flat[:, index].T
     return x.transpose(0, 1).reshape(x.shape[1], -1)[index]
@@ -123,9 +174,15 @@ def measure_constants(model: nn.Module, plans: list[RemovalPlan], calibration_in
             if s.role == CONSUMER:
                 wanted.setdefault(s.module, []).append((s, plan.fold))
     seen: dict[nn.Module, torch.Tensor] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.setdefault(mod, args[0].detach())) for m in wanted]
+
+    def record(mod, args, kwargs):
+        first = (list(args) + list(kwargs.values()) or [None])[0]
+        if torch.is_tensor(first):
+            seen.setdefault(mod, first.detach())
+
+    hooks = [m.register_forward_pre_hook(record, with_kwargs=True) for m in wanted]
     try:
-        with eval_mode(model), torch.no_grad():
+        with eval_mode(model), no_kv_cache(model), torch.no_grad():
             run_model(model, calibration_inputs)
     finally:
         for h in hooks:
@@ -162,10 +219,12 @@ def drop_unmeasured(plans: list[RemovalPlan], constants: dict) -> list[str]:
     return sorted(set(notes))
 
 
-def fold_constants(plans: list[RemovalPlan], constants: dict) -> list[str]:
-    """Add each removed channel's constant contribution to its consumers' biases.
+def fold_constants(plans: list[RemovalPlan], constants: dict, model: nn.Module | None = None) -> list[str]:
+    """Add each removed channel's constant contribution to its consumers' biases (consumers
+    looked up by name in ``model`` when given: a copy of the model the plans were made on).
 
-    Returns warnings for folds that are not exact (zero-padded conv consumers with c != 0).
+    Returns warnings for folds that are not exact (zero-padded conv consumers with c != 0);
+    their plans are marked not ``exact``.
     """
     warnings = []
     with torch.no_grad():
@@ -173,32 +232,40 @@ def fold_constants(plans: list[RemovalPlan], constants: dict) -> list[str]:
             for s in plan.unit_set.slices:
                 if s.role != CONSUMER:
                     continue
-                m = s.module
+                m = s.module if model is None else model.get_submodule(s.module_name)
                 for pos in s.index[plan.fold[s.unit]].tolist():
                     c, _ = constants[(id(s), pos)]
-                    if c == 0.0:
-                        continue
-                    if m.bias is None:
-                        m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], dtype=m.weight.dtype, device=m.weight.device))
-                    if isinstance(m, nn.Linear):
-                        m.bias += m.weight[:, pos] * c
-                        continue
-                    if getattr(m, "transposed", False):
-                        m.bias += m.weight[pos].sum(dim=tuple(range(1, m.weight.dim() - 1))) * c
-                        continue
-                    per_group = m.weight.shape[1]
-                    rows = slice(None)
-                    if m.groups > 1:
-                        g = pos // per_group
-                        step = m.out_channels // m.groups
-                        rows = slice(g * step, (g + 1) * step)
-                    m.bias[rows] += m.weight[rows, pos % per_group].flatten(1).sum(1) * c
-                    if any(p != 0 for p in _padding(m)):
+                    if c != 0.0 and _fold_one(m, pos, c):
+                        plan.exact = False
                         warnings.append(
                             f"{s.module_name}: folded constant {c:.3g} of a removed channel into a zero-padded conv;"
                             " exact inside the image, approximate at its border"
                         )
     return warnings
+
+
+def _fold_one(m: nn.Module, pos: int, c: float) -> bool:
+    """``bias += c * (weights reading input channel pos)``; True when only approximate (a
+    zero-padded conv: the border pixels read padding, not ``c``)."""
+    if is_conv1d(m):  # weight (in, out)
+        m.bias += m.weight[pos] * c
+        return False
+    if m.bias is None:
+        m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], dtype=m.weight.dtype, device=m.weight.device))
+    if isinstance(m, nn.Linear):
+        m.bias += m.weight[:, pos] * c
+        return False
+    if getattr(m, "transposed", False):
+        m.bias += m.weight[pos].sum(dim=tuple(range(1, m.weight.dim() - 1))) * c
+        return False
+    per_group = m.weight.shape[1]
+    rows = slice(None)
+    if m.groups > 1:
+        g = pos // per_group
+        step = m.out_channels // m.groups
+        rows = slice(g * step, (g + 1) * step)
+    m.bias[rows] += m.weight[rows, pos % per_group].flatten(1).sum(1) * c
+    return any(p != 0 for p in _padding(m))
 
 
 def _padding(conv: nn.Module) -> tuple:
@@ -209,46 +276,81 @@ def _padding(conv: nn.Module) -> tuple:
 
 
 def apply_removal(graph, plans: list[RemovalPlan], model: nn.Module) -> dict[str, list[int]]:
-    """Remove the planned units with torch-pruning; return kept root indices per unit set.
+    """Remove the planned units; return kept unit indices per unit set.
 
-    ``graph`` is a dependency graph of ``model``; roots are looked up in ``model`` by name, so
-    plans made on one model apply to a copy of it (previews) as well."""
+    Channel groups go through torch-pruning (``graph``: a dependency graph of ``model``; None
+    when no plan needs one), provider unit sets (``root_fn is OWN_SURGERY``) through their
+    ``on_removed`` alone. Roots and modules are looked up in ``model`` by name, so plans made
+    on one model apply to a copy of it (previews, plan replay) as well."""
     kept = {}
     for plan in plans:
         us = plan.unit_set
         idxs = torch.nonzero(plan.remove).flatten().tolist()
         kept[us.name] = [i for i in range(us.size) if i not in set(idxs)]
-        if idxs:
+        if not idxs:
+            continue
+        if us.root_fn is not OWN_SURGERY:
+            if graph is None:
+                raise ForcePruneError(f"{us.name}: removing torch-pruning channels needs the model's dependency graph.")
             root = model.get_submodule(us.root_name)
             graph.get_pruning_group(root, us.root_fn, us.root_channels(idxs)).prune()
-            if us.on_removed is not None:
-                us.on_removed(model, kept[us.name])
+        if us.on_removed is not None:
+            us.on_removed(model, kept[us.name])
     return kept
 
 
+def needs_graph(plans: list[RemovalPlan]) -> bool:
+    """Whether some plan removes torch-pruning channels (provider unit sets need no graph)."""
+    return any(bool(p.remove.any()) and p.unit_set.root_fn is not OWN_SURGERY for p in plans)
+
+
+def exactness_tolerance(model: nn.Module) -> float:
+    """Largest relative output change a removal of exact zeros may cause: ``1e-5`` in float32
+    (rounding of sums over fewer terms is ~1e-7), ``16 * eps`` of a 16-bit dtype."""
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if p is None or p.dtype in (torch.float32, torch.float64):
+        return 1e-5
+    return 16 * float(torch.finfo(p.dtype).eps)
+
+
 def remove(model: nn.Module, graph, plans: list[RemovalPlan], inputs, calibration_inputs, *, mode: str = "zero",
-           notes: list[str] | None = None) -> PruneReport:
+           notes: list[str] | None = None, check: bool = True) -> PruneReport:
     """Carry out ``plans`` on ``model`` in place and report what changed.
 
     ``inputs`` (a batch of one) count MACs per sample; ``calibration_inputs`` measure the
     constants to fold and the output error (``max|y_after - y_before| / max|y_before|``).
     The model runs in eval mode throughout; ``requires_grad`` flags, which torch-pruning
-    resets to True on the parameters it rebuilds, are restored."""
+    resets to True on the parameters it rebuilds, are restored. With ``check`` (zero mode), a
+    copy of the model is kept while its outputs are compared: if removing exact zeros changed
+    them by more than :func:`exactness_tolerance`, the model is restored and
+    :class:`LossyRemovalError` raised."""
     warnings = list(notes or [])
-    with eval_mode(model):
+    with eval_mode(model), no_kv_cache(model):
         with torch.no_grad():
             y_before = run_model(model, calibration_inputs)
         macs_before, params_before = count_macs_params(model, inputs)
         per_layer_before = layer_macs(model, inputs)
         constants = measure_constants(model, plans, calibration_inputs)
         warnings += drop_unmeasured(plans, constants)
+        checked = check and mode == "zero" and any(p.exact and bool(p.remove.any()) for p in plans)
+        backup = copy.deepcopy(model) if checked else None
+        ties = shared_parameters(model)
         warnings += fold_constants(plans, constants)
         grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
-        kept = apply_removal(graph, plans, model)
-        for n, p in model.named_parameters():
-            p.requires_grad_(grad_flags.get(n, p.requires_grad))
-        with torch.no_grad():
-            y_after = run_model(model, calibration_inputs)
+        try:
+            kept = apply_removal(graph, plans, model)
+            for n, p in model.named_parameters():
+                p.requires_grad_(grad_flags.get(n, p.requires_grad))
+            with torch.no_grad():
+                y_after = run_model(model, calibration_inputs)
+        except Exception:  # a surgery that broke the model: give it back as it was
+            if backup is not None:
+                restore(model, backup)
+            raise
+        error = output_error(y_before, y_after)
+        if backup is not None:
+            _check_lossless(model, backup, plans, constants, calibration_inputs, y_before, error)
+        check_ties(model, ties, backup)
         macs_after, params_after = count_macs_params(model, inputs)
         per_layer_after = layer_macs(model, inputs)
     layers = [
@@ -268,7 +370,7 @@ def remove(model: nn.Module, graph, plans: list[RemovalPlan], inputs, calibratio
         macs_after=macs_after,
         params_before=params_before,
         params_after=params_after,
-        max_output_error=output_error(y_before, y_after),
+        max_output_error=error,
         layers=layers,
         layer_macs=[
             {"layer": n, "macs_before": v, "macs_after": per_layer_after.get(n, 0)} for n, v in per_layer_before.items()
@@ -285,3 +387,40 @@ def output_error(before, after) -> float:
     if a.shape != b.shape:
         return float("inf")
     return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+
+
+# ---------------------------------------------------------------------------------------------
+# the lossless check
+# ---------------------------------------------------------------------------------------------
+def _check_lossless(model: nn.Module, backup: nn.Module, plans: list[RemovalPlan], constants: dict, inputs,
+                    y_before, error: float) -> None:
+    """Raise :class:`LossyRemovalError` (after restoring ``model`` from ``backup``) when the
+    exact plans changed the outputs: each exact plan is re-applied alone to a copy of
+    ``backup`` to find the ones at fault."""
+    tol = exactness_tolerance(model)
+    if error <= tol:
+        return
+    exact = [p for p in plans if p.exact and bool(p.remove.any())]
+    if len(exact) < sum(bool(p.remove.any()) for p in plans) and _error_of(backup, exact, constants, inputs, y_before) <= tol:
+        return  # the change comes from units cut on purpose (a budget, an approximate fold)
+    culprits = [p for p in exact if _error_of(backup, [p], constants, inputs, y_before) > tol] or exact
+    restore(model, backup)
+    sets = [p.unit_set.name for p in culprits]
+    layouts = sorted({p.unit_set.layout for p in culprits})
+    raise LossyRemovalError(
+        f"removing exactly-zero units changed the outputs by {error:.2e} (relative; at most {tol:.0e} is rounding): "
+        f"unit set(s) {sets} (layout {', '.join(repr(x) for x in layouts)}) map units onto weights that are not "
+        "what the module computes with, so zero units were not silent. The model is unchanged. Fix or unregister "
+        "the layout (forceprune.attention.unregister_attention_layout), or exclude the module with ignored_layers.",
+        sets, layouts, error,
+    )
+
+
+def _error_of(backup: nn.Module, plans: list[RemovalPlan], constants: dict, inputs, y_before) -> float:
+    """Relative output change of carrying out ``plans`` (with their folds) on a copy of ``backup``."""
+    trial = copy.deepcopy(backup)
+    graph = model_graph(trial, inputs) if needs_graph(plans) else None
+    fold_constants(plans, constants, trial)
+    with eval_mode(trial), no_kv_cache(trial), torch.no_grad():
+        apply_removal(graph, plans, trial)
+        return output_error(y_before, run_model(trial, inputs))

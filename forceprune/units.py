@@ -3,14 +3,18 @@
 A *unit* is one prunable channel (a conv filter, a linear neuron, ...) together with every
 slice coupled to it: the producer's weight rows and bias, the BatchNorm entries, and the
 input columns of every consumer. A :class:`UnitSet` holds the ``G`` units of one
-torch-pruning dependency group (e.g. all channels tied together by residual additions).
+torch-pruning dependency group (e.g. all channels tied together by residual additions), or
+of one block a unit provider understands (the heads of one attention module).
 
 This module knows nothing about forces: it only says *what* a unit is, computes per-unit
-norms over all coupled slices, and zeroes units. The coupling itself comes from
-torch-pruning's :class:`~torch_pruning.DependencyGraph`; we never trace a second graph.
+norms over all coupled slices, and zeroes units. Channel coupling comes from torch-pruning's
+:class:`~torch_pruning.DependencyGraph`, traced once (:mod:`forceprune.tracing`) with the
+blocks that unit providers claim left opaque; GroupNorm groups are units when every
+GroupNorm of a group sees whole groups of its channels.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -19,15 +23,25 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning.pruner import function as tpf
 
-from ._torch import eval_mode, flatten_tensors, run_model
 from .errors import ForcePruneError
+from .tracing import (OPAQUE_HANDLERS, OWN_SURGERY, find_output_layers, groupnorm_channels_per_unit,  # noqa: F401
+                      shared_parameters, trace_graph)
 
 #: Roles a slice can play in a unit.
 PRODUCER_WEIGHT = "producer_weight"  # conv/linear output rows (what ETP's official code penalises)
 PRODUCER_OTHER = "producer_other"  # producer bias, BatchNorm/affine entries
 CONSUMER = "consumer"  # input columns of the layers that read the channel
-#: What a unit can be (``UnitSet.kind``): a channel group, an attention head, an FFN neuron.
-UNIT_KINDS = ("channel", "head", "neuron")
+#: What a unit can be (``UnitSet.kind``): a channel, an attention head, a key/value group (a
+#: key/value head with the query heads that share it), an FFN neuron, a channel of a decoder's
+#: residual stream (the hidden size), a GroupNorm group of channels.
+UNIT_KINDS = ("channel", "head", "kv_group", "neuron", "hidden", "group")
+#: When a unit may go (``UnitSet.removal``): ``"either"`` nobody reads it (consumers zero) or
+#: its producers are zero so it emits a constant that folds into consumer biases;
+#: ``"consumers"`` only when nobody reads it (zero producers leave it non-constant, e.g. a query
+#: head whose keys and values stay); ``"writers"`` only when every write to it is zero (its
+#: weight and bias rows), so it is exactly zero everywhere (a residual-stream channel).
+REMOVAL_RULES = ("either", "consumers", "writers")
+
 #: Roles a force acts on, by its ``include`` option.
 INCLUDE_ROLES = {
     "all": (PRODUCER_WEIGHT, PRODUCER_OTHER, CONSUMER),
@@ -41,6 +55,7 @@ _OUT_FNS = {
     tpf.prune_linear_out_channels: "linear",
     tpf.prune_batchnorm_out_channels: "norm",
     tpf.prune_prelu_out_channels: "prelu",
+    tpf.prune_groupnorm_out_channels: "norm",
 }
 _IN_FNS = {
     tpf.prune_conv_in_channels: "conv",
@@ -50,6 +65,7 @@ _IN_FNS = {
 #: channel of a LayerNorm/GroupNorm/embedding changes statistics or vocabularies, so the
 #: removal could not be lossless.
 _UNSUPPORTED_FNS = {
+    *OPAQUE_HANDLERS,
     tpf.prune_layernorm_out_channels,
     tpf.prune_groupnorm_out_channels,
     tpf.prune_instancenorm_out_channels,
@@ -162,8 +178,12 @@ class UnitSet:
     #: ``on_removed(model, kept_units)``, called after removal on the model that was pruned
     #: (e.g. to update a head-count attribute); look modules up by name in ``model``
     on_removed: Callable[[nn.Module, list[int]], None] | None = None
-    kind: str = "channel"  # "channel" | "head" | "neuron": what a unit is, for reports
+    kind: str = "channel"  # one of UNIT_KINDS: what a unit is, for reports
     root_name: str = ""  # module name of ``root`` (defaults to ``name``)
+    removal: str = "either"  # one of REMOVAL_RULES: when a zero unit may go
+    layout: str = "torch-pruning channel group"  # what mapped the units (named by errors)
+    #: the set's own surgery keeps parameters shared between modules shared (tied weights)
+    keeps_ties: bool = False
     _numel: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -171,6 +191,9 @@ class UnitSet:
             self.dead = torch.zeros(self.size, dtype=torch.bool)
         if not self.root_name:
             self.root_name = self.name
+        if self.kind not in UNIT_KINDS or self.removal not in REMOVAL_RULES:
+            raise ForcePruneError(f"unit set {self.name!r}: kind {self.kind!r} / removal {self.removal!r} must be one of "
+                                  f"{UNIT_KINDS} / {REMOVAL_RULES}.")
 
     def select(self, include: str) -> list[Slice]:
         """Slices a force acts on. ``include``: ``"all"`` (every coupled slice),
@@ -240,6 +263,10 @@ class UnitSet:
     def producer_modules(self) -> list[nn.Module]:
         return list({id(s.module): s.module for s in self.slices if s.role == PRODUCER_WEIGHT}.values())
 
+    def modules(self) -> dict[str, nn.Module]:
+        """``{module name: module}`` of every slice."""
+        return {s.module_name: s.module for s in self.slices}
+
 
 def _slice_from_dep(dep, idxs, root_idxs, names: dict) -> list[Slice]:
     layer, fn = dep.target.module, dep.handler
@@ -274,32 +301,11 @@ def _slice_from_dep(dep, idxs, root_idxs, names: dict) -> list[Slice]:
     return out
 
 
-def find_output_layers(model: nn.Module, example_inputs) -> list[nn.Module]:
-    """Conv/linear layers whose output *is* (part of) the model's output: the classifier
-    heads. Found by running the model once with forward hooks, in eval mode (a training-mode
-    pass would move BatchNorm running statistics toward the example's)."""
-    produced: dict[int, nn.Module] = {}
-    hooks = [
-        m.register_forward_hook(lambda mod, _i, o: produced.__setitem__(id(o), mod) if torch.is_tensor(o) else None)
-        for m in model.modules()
-        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
-    ]
-    try:
-        with eval_mode(model), torch.no_grad():
-            outputs = run_model(model, example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    heads = []
-    for t in flatten_tensors(outputs):
-        if id(t) in produced:
-            heads.append(produced[id(t)])
-    return heads
-
-
 #: Unit providers: ``provider(model, names) -> (unit_sets, claimed_modules)``. They define unit
-#: sets that torch-pruning's channel groups cannot express (attention heads); any channel group
-#: touching a claimed module is left to the provider. Register with :func:`register_unit_provider`.
+#: sets that torch-pruning's channel groups cannot express (attention heads) and claim the
+#: blocks those live in (the attention module itself, not only its projections): a claimed
+#: block is opaque to the dependency graph, and any channel group touching it is left to the
+#: provider. Register with :func:`register_unit_provider`.
 _UNIT_PROVIDERS: list[Callable] = []
 
 
@@ -310,6 +316,35 @@ def register_unit_provider(provider: Callable) -> Callable:
     return provider
 
 
+def provided_units(model: nn.Module) -> tuple[list[UnitSet], list[nn.Module]]:
+    """Every registered provider's unit sets of ``model`` and the modules they claim."""
+    names = {m: n for n, m in model.named_modules()}
+    unit_sets, claimed = [], []
+    for provider in _UNIT_PROVIDERS:
+        provided, modules = provider(model, names)
+        unit_sets += provided
+        claimed += list(modules)
+    return unit_sets, claimed
+
+
+def model_graph(model: nn.Module, example_inputs, claimed: Sequence[nn.Module] | None = None) -> tp.DependencyGraph:
+    """torch-pruning's graph of ``model`` with the provider-claimed blocks opaque
+    (:func:`forceprune.tracing.trace_graph`); ``claimed`` defaults to the providers' claims."""
+    if claimed is None:
+        claimed = provided_units(model)[1]
+    try:
+        return trace_graph(model, example_inputs, claimed)
+    except Exception as exc:  # torch-pruning raises many kinds; name the cause and the fix
+        raise _inputs_error("could not trace the model", exc) from exc
+
+
+def _inputs_error(what: str, exc: Exception) -> ForcePruneError:
+    return ForcePruneError(
+        f"{what} on the given example_inputs ({type(exc).__name__}: {exc}). Pass example_inputs that the model "
+        "accepts: a tensor, a tuple of positional args, or a dict of keyword args, e.g. torch.randn(1, 3, 32, 32)."
+    )
+
+
 def build_unit_sets(
     model: nn.Module,
     example_inputs,
@@ -317,57 +352,99 @@ def build_unit_sets(
     ignore_output_layers: bool = True,
     root_module_types: Iterable[type] = (nn.modules.conv._ConvNd, nn.Linear),
 ) -> tuple[tp.DependencyGraph, list[UnitSet]]:
-    """Trace ``model`` with torch-pruning and return its graph and prunable unit sets.
+    """The model's graph (:func:`model_graph`) and its prunable unit sets: the providers'
+    (attention heads, FFN neurons, ...) and torch-pruning's channel groups of the rest.
 
     Groups are skipped when they touch an ignored layer (and, by default, the model's output
-    layers) or a layer whose channels cannot be removed losslessly (LayerNorm, GroupNorm,
-    embeddings: the hidden size of a transformer, for example).
+    layers), a block a provider claimed, or a layer whose channels cannot be removed
+    losslessly (LayerNorm, embeddings: the hidden size of a transformer, for example; a
+    GroupNorm unless the group holds whole GroupNorm groups, which then are the units).
+    Unit sets touching a parameter that several modules share are left out with a
+    :class:`SharedWeightWarning`, unless their surgery keeps the sharing.
     """
-    ignored = list(ignored_layers)
+    provided, claimed = provided_units(model)
     try:
-        heads = find_output_layers(model, example_inputs)
-    except Exception as exc:
-        raise ForcePruneError(
-            f"the model does not run on the given example_inputs ({type(exc).__name__}: {exc}). "
-            "Pass example_inputs that the model accepts: a tensor, a tuple of positional args, "
-            "or a dict of keyword args, e.g. torch.randn(1, 3, 32, 32)."
-        ) from exc
-    if ignore_output_layers:
-        ignored += heads
-    ignored_all = [sub for m in ignored for sub in m.modules()]
-    try:
-        with eval_mode(model):
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+        graph = trace_graph(model, example_inputs, claimed)  # one pass: the graph and the output layers
     except Exception as exc:  # torch-pruning raises many kinds; name the cause and the fix
-        raise ForcePruneError(
-            f"could not trace the model with the given example_inputs ({type(exc).__name__}: {exc}). "
-            "Pass example_inputs that the model accepts: a tensor, a tuple of positional args, "
-            "or a dict of keyword args, e.g. torch.randn(1, 3, 32, 32)."
-        ) from exc
+        try:
+            find_output_layers(model, example_inputs)
+        except Exception as run_exc:
+            raise _inputs_error("the model does not run", run_exc) from run_exc
+        raise _inputs_error("could not trace the model", exc) from exc
+    ignored = list(ignored_layers) + (graph.output_layers if ignore_output_layers else [])
+    ignored_all = [sub for m in ignored for sub in m.modules()]
+    ignored_ids = {id(m) for m in ignored_all}
     names = {m: n for n, m in model.named_modules()}
-    unit_sets: list[UnitSet] = []
-    claimed: set[int] = set()
-    for provider in _UNIT_PROVIDERS:
-        provided, modules = provider(model, names)
-        ignored_ids = {id(m) for m in ignored_all}
-        for us in provided:
-            if not any(id(m) in ignored_ids for m in us.producer_modules()):
-                unit_sets.append(us)
-        claimed |= {id(m) for m in modules}
+    unit_sets = [us for us in provided if not any(id(m) in ignored_ids for m in us.producer_modules())]
+    claimed_ids = {id(m) for m in claimed}
     for group in graph.get_all_groups(ignored_layers=ignored_all, root_module_types=tuple(root_module_types)):
-        if any(dep.handler in _UNSUPPORTED_FNS for dep, _ in group):
+        if any(id(dep.target.module) in claimed_ids for dep, _ in group):
             continue
-        if any(id(dep.target.module) in claimed for dep, _ in group):
-            continue
-        root_dep = group[0].dep
-        root = root_dep.target.module
-        size = len(group[0].idxs)
-        slices = []
-        for item in group:
-            slices += _slice_from_dep(item.dep, item.idxs, item.root_idxs, names)
-        if size < 2 or not any(s.role == PRODUCER_WEIGHT for s in slices):
-            continue
-        unit_sets.append(UnitSet(name=names.get(root, str(root)), root=root, root_fn=root_dep.handler, size=size, slices=slices))
+        us = _channel_unit_set(group, names)
+        if us is not None:
+            unit_sets.append(us)
+    unit_sets = _without_shared_weights(model, unit_sets)
+    graph.own_groups = {id(us.root): us for us in unit_sets if us.root_fn == OWN_SURGERY}
     order = {m: i for i, m in enumerate(model.modules())}
     unit_sets.sort(key=lambda us: min(order[m] for m in us.producer_modules()))
     return graph, unit_sets
+
+
+def _channel_unit_set(group, names: dict) -> UnitSet | None:
+    """The unit set of one torch-pruning group, or None when it cannot be removed losslessly."""
+    unsupported = {dep.handler for dep, _ in group if dep.handler in _UNSUPPORTED_FNS}
+    per_unit = 1
+    if unsupported == {tpf.prune_groupnorm_out_channels}:
+        per_unit = groupnorm_channels_per_unit(group)
+        if per_unit is None:
+            return None
+    elif unsupported:
+        return None
+    root_dep = group[0].dep
+    root = root_dep.target.module
+    slices = []
+    for item in group:
+        slices += _slice_from_dep(item.dep, item.idxs, item.root_idxs, names)
+    size = len(group[0].idxs) // per_unit
+    if size < 2 or not any(s.role == PRODUCER_WEIGHT for s in slices):
+        return None
+    if per_unit == 1:
+        return UnitSet(name=names.get(root, str(root)), root=root, root_fn=root_dep.handler, size=size, slices=slices)
+    for s in slices:
+        s.unit = s.unit // per_unit
+    norms = [names[dep.target.module] for dep, _ in group if dep.handler == tpf.prune_groupnorm_out_channels]
+    return UnitSet(name=names.get(root, str(root)), root=root, root_fn=root_dep.handler, size=size, slices=slices,
+                   channels_per_unit=per_unit, kind="group", layout="torch-pruning channel group of GroupNorm groups",
+                   on_removed=lambda model, kept: _set_groups(model, norms, per_unit))
+
+
+def _set_groups(model: nn.Module, norms: list[str], per_unit: int) -> None:
+    """After torch-pruning removed whole groups' channels: one group per ``per_unit`` channels."""
+    for name in norms:
+        gn = model.get_submodule(name)
+        gn.num_groups = gn.num_channels // per_unit
+
+
+class SharedWeightWarning(UserWarning):
+    """Some units were left out: their parameters are shared by several modules (tied weights)."""
+
+
+def _without_shared_weights(model: nn.Module, unit_sets: list[UnitSet]) -> list[UnitSet]:
+    shared = shared_parameters(model)
+    if not shared:
+        return unit_sets
+    kept, dropped = [], []
+    for us in unit_sets:
+        hit = next((shared[id(s.param)] for s in us.slices if id(s.param) in shared), None)
+        if hit is None or us.keeps_ties:
+            kept.append(us)
+        else:
+            dropped.append(f"{us.name} (shares {' = '.join(hit)})")
+    if dropped:
+        warnings.warn(
+            f"forceprune left {len(dropped)} unit set(s) unpruned because they touch a parameter that several modules "
+            f"share (tied weights): {'; '.join(dropped[:5])}. Removing their units would untie the modules. Untie "
+            "the weights before building the ForcePruner (e.g. give each module its own nn.Parameter) to prune them.",
+            SharedWeightWarning, stacklevel=4,
+        )
+    return kept

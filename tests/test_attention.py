@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import forceprune as fp
 from forceprune import attention as A
+from forceprune._torch import run_model
 from forceprune.metrics import functional_macs
 
 transformers = pytest.importorskip("transformers")
@@ -115,10 +116,10 @@ def _by_name(pruner):
 
 def _prune_and_compare(model, pruner, calib):
     with torch.no_grad():
-        before = fp.units.run_model(model, calib)
+        before = run_model(model, calib)
     report = pruner.prune(calibration_inputs=calib)
     with torch.no_grad():
-        after = fp.units.run_model(model, calib)
+        after = run_model(model, calib)
     b = before.logits if hasattr(before, "logits") else before
     a = after.logits if hasattr(after, "logits") else after
     return report, float((a - b).abs().max() / b.abs().max())
@@ -146,17 +147,20 @@ def test_bert_unit_sets_are_heads_and_neurons():
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_torch_pruning_group_of_the_query_couples_k_v_and_output(attn):
-    """Removal of BERT heads goes through torch-pruning's graph rooted at the query projection."""
+def test_a_head_spans_the_same_rows_of_q_k_v_and_columns_of_the_output(attn):
+    """Head 2 of a BERT layer is rows 16..23 of query, key and value (weights and biases) and
+    columns 16..23 of the output projection; the block is opaque to torch-pruning's graph
+    (no channel group reaches inside it) and its surgery is the layout's own."""
     model, ex, _ = tiny_bert(attn=attn)
     pruner = fp.ForcePruner(model, ex)
     us = _by_name(pruner)["bert.encoder.layer.1.attention"]
-    group = pruner.graph.get_pruning_group(us.root, us.root_fn, us.root_channels([2]))
-    names = {m: n for n, m in model.named_modules()}
-    touched = {(names.get(dep.target.module), tuple(idxs)) for dep, idxs in group if isinstance(dep.target.module, nn.Linear)}
-    rows = tuple(range(16, 24))
     base = "bert.encoder.layer.1.attention."
-    assert touched == {(base + "self.query", rows), (base + "self.key", rows), (base + "self.value", rows), (base + "output.dense", rows)}
+    rows = tuple(range(16, 24))
+    touched = {(s.module_name, s.param_name, s.dim, tuple(sorted(s.index[s.unit == 2].tolist()))) for s in us.slices}
+    expected = {(base + f"self.{p}", w, 0, rows) for p in ("query", "key", "value") for w in ("weight", "bias")}
+    assert touched == expected | {(base + "output.dense", "weight", 1, rows)}
+    assert us.root_fn is fp.units.OWN_SURGERY
+    assert model.bert.encoder.layer[1].attention.self.query not in pruner.graph.module2node
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -1,39 +1,28 @@
-"""Attention heads and feed-forward neurons as prunable units.
+"""Attention heads, key/value groups, feed-forward neurons and a decoder's residual stream as
+prunable units.
 
 A *head* is one unit spanning its query, key and value rows (and biases) and the matching
-input columns of the output projection (the consumer). A *neuron* of a transformer's
-feed-forward block spans one row (and bias) of the up-projection and one input column of
-the down-projection. torch-pruning's channel groups cannot express a head (``head_dim``
-coupled channels that must go together, and for fused or packed projections rows at three
-offsets), so this package registers a *unit provider* (:mod:`.registry`, on ``import
-forceprune``; see :func:`forceprune.units.register_unit_provider`) that builds these unit
-sets itself and claims the modules involved, so that no channel-level group touches them.
+input columns of the output projection (the consumer). With grouped-query attention a
+*key/value group* is a key/value head with the query heads that share it, and the query heads
+within the groups are units too, kept uniform across groups (:mod:`.gqa`). A *neuron* of a
+feed-forward block spans its row of the up- (and gate-) projection and its column of the
+down-projection (:mod:`.ffn`). In an RMSNorm decoder every channel of the residual stream is a
+unit (:mod:`.hidden`). torch-pruning's channel groups cannot express these (``head_dim``
+coupled channels, rows at offsets of fused projections, a statistic to fold), and its group
+search does not finish on grouped-query attention, so this package registers a *unit
+provider* (:mod:`.registry`, on ``import forceprune``; see
+:func:`forceprune.units.register_unit_provider`) that builds these unit sets from layouts,
+claims the modules involved (opaque to the graph: :mod:`forceprune.tracing`) and does their
+surgery itself. ``docs/transformers.md`` explains the exactness of each kind.
 
-Layouts understood out of the box:
-
-* HF BERT-family encoders (BERT, RoBERTa, MiniLM, ELECTRA, ...; DistilBERT's
-  ``q_lin/k_lin/v_lin/out_lin`` likewise): a module with
-  ``self.query/key/value`` and ``output.dense`` whose ``self`` carries
-  ``num_attention_heads``/``attention_head_size``/``all_head_size``. Removal goes through
-  torch-pruning's dependency graph, rooted at the query projection (its group couples K, V
-  and the output projection, checked by the tests); ``on_removed`` then updates the head
-  counts and completes any projection the graph did not reach. (Saving such a model with
-  its kept heads recorded, and rebuilding it, is the job of
-  :mod:`forceprune.integrations.transformers`.)
-* ``nn.MultiheadAttention`` (packed ``in_proj_weight`` or separate q/k/v weights): a head
-  spans rows of the input projection at three offsets and columns of ``out_proj``.
-  ``nn.MultiheadAttention`` cannot hold fewer heads than ``embed_dim / head_dim`` (its
-  forward assumes ``3 * embed_dim`` packed rows), so removal replaces the module with a
-  :class:`PrunedMultiheadAttention` (same call signature and outputs, separate q/k/v
-  ``nn.Linear`` projections of width ``heads * head_dim``).
-* A fused ``qkv`` ``nn.Linear`` (timm-style ViT ``Attention``: ``qkv``, ``proj``,
-  ``num_heads``; rows ordered ``(3, heads, head_dim)``). The forward must reshape the
-  attention output with ``-1`` (or ``num_heads * head_dim``), not with the input width.
-
-Feed-forward neurons are given ``kind="neuron"`` for HF BERT-family layers
-(``intermediate.dense -> output.dense``; DistilBERT ``ffn.lin1 -> ffn.lin2``) and ``nn.TransformerEncoderLayer`` /
-``nn.TransformerDecoderLayer`` (``linear1 -> linear2``); other MLPs keep torch-pruning's
-channel groups (``kind="channel"``).
+Layouts understood out of the box (:mod:`.registry`): HF BERT-family encoders (BERT, RoBERTa,
+MiniLM, ELECTRA; DistilBERT), ``nn.MultiheadAttention`` (replaced on removal by a
+:class:`PrunedMultiheadAttention`), timm-style fused ``qkv`` attention, GPT-2 (``Conv1D``
+``c_attn`` / ``c_proj``, ``c_fc`` / ``c_proj``), Llama / Mistral / Qwen2 / Qwen3 / SmolLM
+(grouped-query attention, gated MLP), Phi-3 (fused ``qkv_proj`` and ``gate_up_proj``), HF ViT
+(``q_proj`` / ``k_proj`` / ``v_proj`` / ``o_proj``, ``fc1`` / ``fc2``), and the FFN of
+``nn.TransformerEncoderLayer`` / ``nn.TransformerDecoderLayer``. Other MLPs keep
+torch-pruning's channel groups (``kind="channel"``).
 
 Other layouts: register a mapping with :func:`register_attention_layout`, e.g.::
 
@@ -43,18 +32,23 @@ Other layouts: register a mapping with :func:`register_attention_layout`, e.g.::
 
 A module that looks like attention (class name containing "attention"/"attn" with linear
 projections or a head-count attribute) but matches no layout is left unpruned, with an
-:class:`UnmappedAttentionWarning` naming it and showing this call.
+:class:`UnmappedAttentionWarning` naming it and showing this call. A layout that maps units
+wrongly is caught at the first removal (:class:`forceprune.removal.LossyRemovalError`).
 
 Modules, one job each:
 
-* :mod:`.layouts` -- the layout descriptors (what a head or neuron spans, and the surgery);
+* :mod:`.layouts` -- multi-head attention layouts (separate, fused, ``nn.MultiheadAttention``);
+* :mod:`.gqa` -- grouped-query attention; :mod:`.ffn` -- feed-forward blocks;
+* :mod:`.hidden` -- the residual stream of RMSNorm decoders and its norm fold;
 * :mod:`.registry` -- the registered layouts and the unit provider applying them;
-* :mod:`.mha` -- :class:`PrunedMultiheadAttention`;
+* :mod:`.slicing` -- projection surgery shared by all; :mod:`.mha` -- :class:`PrunedMultiheadAttention`;
 * :mod:`.rebuild` -- head counts / FFN widths of a model, resizing one to saved shapes.
 """
-from .layouts import FeedForward, FusedHeads, MultiheadAttentionHeads, SeparateHeads
+from .ffn import FeedForward
+from .gqa import GroupedQueryHeads
+from .layouts import FusedHeads, MultiheadAttentionHeads, SeparateHeads
 from .mha import PrunedMultiheadAttention
-from .rebuild import ffn_blocks, ffn_per_layer, heads_per_layer, shrink_to_state_dict
+from .rebuild import ffn_blocks, ffn_per_layer, head_dims, heads_per_layer, kv_heads_per_layer, shrink_to_state_dict
 from .registry import (
     UnmappedAttentionWarning,
     attention_layouts,
@@ -70,6 +64,7 @@ __all__ = [
     "SeparateHeads",
     "FusedHeads",
     "FeedForward",
+    "GroupedQueryHeads",
     "MultiheadAttentionHeads",
     "PrunedMultiheadAttention",
     "UnmappedAttentionWarning",
@@ -81,6 +76,8 @@ __all__ = [
     "match_layout",
     "attention_unit_provider",
     "heads_per_layer",
+    "kv_heads_per_layer",
+    "head_dims",
     "ffn_per_layer",
     "ffn_blocks",
     "shrink_to_state_dict",

@@ -1,10 +1,21 @@
-"""Attention and feed-forward layouts: how a module's heads (or neurons) map onto its weights.
+"""Multi-head attention layouts: how a module's heads map onto its weights, and their surgery.
 
-Each layout describes one way of writing attention (or a feed-forward block), builds the
-:class:`~forceprune.units.UnitSet` of a matching module, and does the surgery when units are
-removed (``on_removed``): it slices what torch-pruning's graph did not reach and updates the
-module's head attributes (``num_heads`` & co.). Which layouts are tried, and the unit
-provider that applies them to a model, live in :mod:`forceprune.attention.registry`.
+Each layout describes one way of writing attention, builds the
+:class:`~forceprune.units.UnitSet` of a matching module and does the surgery when heads are
+removed (``on_removed``): it slices the projections and updates the module's head attributes
+(``num_heads`` & co.). Every attention module a layout claims is opaque to torch-pruning's
+graph (:mod:`forceprune.tracing`), so the surgery is all the layout's own
+(``root_fn = OWN_SURGERY``); it reads the module's current shapes, so it composes with the
+other surgeries of one removal (the residual stream slicing the projections' input columns,
+the key/value groups of :mod:`.gqa`). Grouped-query attention lives in :mod:`.gqa`,
+feed-forward blocks in :mod:`.ffn`. Which layouts are tried, and the unit provider that
+applies them, live in :mod:`forceprune.attention.registry`.
+
+Layout protocol (what the registry and :mod:`.rebuild` call): ``matches(module)``,
+``geometry(module) -> (heads, head_dim)``, ``modules(module)`` (the module and its
+projections: what the layout claims), ``unit_sets(model, name, module)``, ``sync(module)``
+(head attributes from the weight shapes, after loading a pruned state dict) and, for the
+residual stream of :mod:`.hidden`, ``residual_io(module) -> (reader paths, writer paths)``.
 """
 from __future__ import annotations
 
@@ -13,30 +24,53 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
-from torch_pruning.pruner import function as tpf
 
 from ..errors import ForcePruneError
-from ..units import CONSUMER, PRODUCER_OTHER, PRODUCER_WEIGHT, Slice, UnitSet
+from ..units import OWN_SURGERY, PRODUCER_OTHER, PRODUCER_WEIGHT, UnitSet
 from .mha import PrunedMultiheadAttention
-from .slicing import deferred_surgery, get_path, head_rows, head_slices, join_path, linear_head_slices, slice_linear
+from .slicing import (
+    get_path, head_rows, head_slices, in_features, is_projection, join_path, linear_head_slices, out_features,
+    row_slices, slice_linear,
+)
 
 
-def _set_head_count(layout, owner: nn.Module, heads: int, d: int) -> None:
-    """Set the layout's head-count attribute of ``owner`` and the ``derived`` ones."""
-    setattr(owner, layout.num_heads, heads)
-    for attr, fn in layout.derived.items():
+def set_head_attrs(owner: nn.Module, num_heads: str, derived: dict, heads: int, d: int) -> None:
+    """Set ``owner.<num_heads> = heads`` and every ``derived`` attribute to ``f(heads, d)``."""
+    setattr(owner, num_heads, heads)
+    for attr, fn in derived.items():
         setattr(owner, attr, fn(heads, d))
+
+
+def accepts(match, match_type, module: nn.Module) -> bool:
+    """Whether ``module`` passes a layout's optional ``match_type`` and ``match`` predicate."""
+    if match_type is not None and not isinstance(module, match_type):
+        return False
+    return match is None or bool(match(module))
+
+
+def head_unit_set(layout, name: str, root: nn.Module, root_name: str, heads: int, d: int, slices: list,
+                  remove: Callable, kind: str = "head", removal: str = "either", module_name: str | None = None) -> UnitSet:
+    """A provider unit set of ``heads`` units of ``d`` channels whose surgery is ``remove``
+    (``remove(model, module_name, kept)``; ``module_name`` defaults to ``name``)."""
+    module_name = name if module_name is None else module_name
+    return UnitSet(
+        name=name, root=root, root_fn=OWN_SURGERY, size=heads, slices=slices, channels_per_unit=d,
+        on_removed=lambda model, kept: remove(model, module_name, kept), kind=kind, root_name=root_name,
+        removal=removal, layout=layout.name,
+    )
 
 
 @dataclass
 class SeparateHeads:
-    """Attention with separate ``nn.Linear`` q/k/v projections and an output projection.
+    """Attention with separate q/k/v projections (``nn.Linear`` or ``Conv1D``) and an output
+    projection, as many key/value heads as query heads.
 
     Paths are relative to the matched module; ``owner`` is the sub-module carrying the head
     attributes. ``num_heads`` names the head-count attribute, ``head_dim`` the head-size
-    attribute (``None``: ``q.out_features // num_heads``); ``derived`` maps other attributes
-    to ``f(num_heads, head_dim)`` (e.g. ``all_head_size``). ``on_kept(owner, kept)`` is an
-    optional hook after removal.
+    attribute (``None``: ``q`` outputs // ``num_heads``); ``derived`` maps other attributes
+    to ``f(num_heads, head_dim)`` (e.g. ``all_head_size``). ``match_type`` / ``match``
+    restrict the modules matched; ``on_kept(owner, kept)`` is an optional hook after removal.
+    Head ``h`` is rows ``[h*d, (h+1)*d)`` of q, k and v and the same columns of o.
     """
 
     name: str
@@ -50,88 +84,77 @@ class SeparateHeads:
     derived: dict = field(default_factory=dict)
     match_type: type | tuple | None = None
     on_kept: Callable | None = None
-    use_graph: bool = True  # remove through torch-pruning's graph rooted at q (else own surgery)
+    match: Callable | None = None
 
     def matches(self, module: nn.Module) -> bool:
-        if self.match_type is not None and not isinstance(module, self.match_type):
-            return False
-        lins = [get_path(module, p) for p in (self.q, self.k, self.v, self.o)]
+        projections = [get_path(module, p) for p in (self.q, self.k, self.v, self.o)]
         owner = get_path(module, self.owner) if self.owner else module
-        return all(isinstance(m, nn.Linear) for m in lins) and isinstance(getattr(owner, self.num_heads, None), int)
+        return (accepts(self.match, self.match_type, module) and all(is_projection(m) for m in projections)
+                and isinstance(getattr(owner, self.num_heads, None), int))
+
+    def _owner(self, module: nn.Module) -> nn.Module:
+        return get_path(module, self.owner) if self.owner else module
 
     def geometry(self, module: nn.Module) -> tuple[int, int]:
-        owner = get_path(module, self.owner) if self.owner else module
-        heads = int(getattr(owner, self.num_heads))
+        owner = self._owner(module)
         if self.head_dim is not None:
             d = int(getattr(owner, self.head_dim))
-        else:
-            d = get_path(module, self.q).out_features // max(heads, 1)
-        return heads, d
+            return out_features(get_path(module, self.q)) // d, d
+        heads = int(getattr(owner, self.num_heads))
+        return heads, out_features(get_path(module, self.q)) // max(heads, 1)
 
-    def modules(self, module: nn.Module) -> list[nn.Module]:
+    def projections(self, module: nn.Module) -> list[nn.Module]:
         return [get_path(module, p) for p in (self.q, self.k, self.v, self.o)]
 
-    def unit_set(self, model: nn.Module, name: str, module: nn.Module) -> UnitSet | None:
+    def modules(self, module: nn.Module) -> list[nn.Module]:
+        return [module, *self.projections(module)]
+
+    def residual_io(self, module: nn.Module) -> tuple[list[str], list[str]]:
+        return [self.q, self.k, self.v], [self.o]
+
+    def unit_sets(self, model: nn.Module, name: str, module: nn.Module) -> list[UnitSet]:
         heads, d = self.geometry(module)
-        q, k, v, o = self.modules(module)
+        q, k, v, o = self.projections(module)
         n = {p: join_path(name, p) for p in (self.q, self.k, self.v, self.o)}
-        if any(lin.out_features != heads * d for lin in (q, k, v)) or o.in_features != heads * d:
+        if any(out_features(m) != heads * d for m in (q, k, v)) or in_features(o) != heads * d:
             raise ForcePruneError(
-                f"{name}: {heads} heads of size {d} do not match the projections "
-                f"(q/k/v out {q.out_features}/{k.out_features}/{v.out_features}, o in {o.in_features}); "
-                f"the {self.name!r} layout's attributes are inconsistent with the weights."
+                f"{name}: {heads} heads of size {d} do not match the projections (q/k/v out {out_features(q)}/"
+                f"{out_features(k)}/{out_features(v)}, o in {in_features(o)}); the {self.name!r} layout's attributes "
+                "are inconsistent with the weights."
             )
         slices = []
         for lin, path in ((q, self.q), (k, self.k), (v, self.v)):
             slices += linear_head_slices(lin, n[path], heads, d)
         slices += linear_head_slices(o, n[self.o], heads, d, role_rows=False)
-        return UnitSet(
-            name=name,
-            root=q,
-            root_fn=tpf.prune_linear_out_channels if self.use_graph else deferred_surgery,
-            size=heads,
-            slices=slices,
-            channels_per_unit=d,
-            on_removed=lambda m, kept: self.remove(m, name, kept, heads, d),
-            kind="head",
-            root_name=n[self.q],
-        )
+        return [head_unit_set(self, name, q, n[self.q], heads, d, slices, self.remove)]
 
-    def remove(self, model: nn.Module, name: str, kept: list[int], heads: int, d: int) -> None:
-        """After removal: slice whatever the graph did not, then fix the head attributes."""
+    def remove(self, model: nn.Module, name: str, kept: list[int]) -> None:
+        """Keep heads ``kept``: rows of q, k, v and columns of o; then the head attributes."""
         module = model.get_submodule(name)
-        q, k, v, o = self.modules(module)
-        new = len(kept) * d
+        _, d = self.geometry(module)
+        q, k, v, o = self.projections(module)
         rows = head_rows(kept, d)
-        for lin, path in ((q, self.q), (k, self.k), (v, self.v)):
-            if lin.out_features == heads * d and new != heads * d:
-                slice_linear(lin, rows=rows)
-            elif lin.out_features != new:
-                raise ForcePruneError(f"{join_path(name, path)}: has {lin.out_features} outputs after removal, expected {new}.")
-        if o.in_features == heads * d and new != heads * d:
-            slice_linear(o, cols=rows)
-        elif o.in_features != new:
-            raise ForcePruneError(f"{join_path(name, self.o)}: has {o.in_features} inputs after removal, expected {new}.")
-        owner = get_path(module, self.owner) if self.owner else module
-        _set_head_count(self, owner, len(kept), d)
+        for lin in (q, k, v):
+            slice_linear(lin, rows=rows)
+        slice_linear(o, cols=rows)
+        owner = self._owner(module)
+        set_head_attrs(owner, self.num_heads, self.derived, len(kept), d)
         if self.on_kept is not None:
             self.on_kept(owner, kept)
 
     def sync(self, module: nn.Module) -> None:
         """Set the head attributes from the weight shapes (after loading a pruned state dict)."""
-        owner = get_path(module, self.owner) if self.owner else module
-        q = get_path(module, self.q)
-        d = int(getattr(owner, self.head_dim)) if self.head_dim else None
-        if d is None:
+        if self.head_dim is None:
             return
-        heads = q.out_features // d
-        _set_head_count(self, owner, heads, d)
+        heads, d = self.geometry(module)
+        set_head_attrs(self._owner(module), self.num_heads, self.derived, heads, d)
 
 
 @dataclass
 class FusedHeads:
-    """Attention with one fused ``qkv`` ``nn.Linear`` (rows ``(3, heads, head_dim)`` for
-    ``order="3hd"``, ``(heads, 3, head_dim)`` for ``"h3d"``) and an output projection."""
+    """Attention with one fused qkv projection (``nn.Linear`` or GPT-2's ``Conv1D``; outputs
+    ordered ``(3, heads, head_dim)`` for ``order="3hd"``, ``(heads, 3, head_dim)`` for
+    ``"h3d"``) and an output projection. ``derived`` as for :class:`SeparateHeads`."""
 
     name: str
     qkv: str = "qkv"
@@ -141,70 +164,68 @@ class FusedHeads:
     order: str = "3hd"
     derived: dict = field(default_factory=dict)
     match_type: type | tuple | None = None
+    match: Callable | None = None
 
     def matches(self, module: nn.Module) -> bool:
-        if self.match_type is not None and not isinstance(module, self.match_type):
-            return False
         qkv, o = get_path(module, self.qkv), get_path(module, self.o)
         heads = getattr(module, self.num_heads, None)
         return (
-            isinstance(qkv, nn.Linear) and isinstance(o, nn.Linear) and isinstance(heads, int)
-            and heads > 0 and qkv.out_features == 3 * o.in_features
+            accepts(self.match, self.match_type, module) and is_projection(qkv) and is_projection(o)
+            and isinstance(heads, int) and heads > 0 and out_features(qkv) == 3 * in_features(o)
         )
 
     def geometry(self, module: nn.Module) -> tuple[int, int]:
         heads = int(getattr(module, self.num_heads))
         d = getattr(module, self.head_dim, None) if self.head_dim else None
-        d = int(d) if d is not None else get_path(module, self.o).in_features // heads
-        return heads, d
+        d = int(d) if d is not None else in_features(get_path(module, self.o)) // heads
+        return in_features(get_path(module, self.o)) // d, d
+
+    def projections(self, module: nn.Module) -> list[nn.Module]:
+        return [get_path(module, self.qkv), get_path(module, self.o)]
 
     def modules(self, module: nn.Module) -> list[nn.Module]:
-        return [get_path(module, self.qkv), get_path(module, self.o)]
+        return [module, *self.projections(module)]
+
+    def residual_io(self, module: nn.Module) -> tuple[list[str], list[str]]:
+        return [self.qkv], [self.o]
 
     def _rows(self, kept: Sequence[int], heads: int, d: int) -> list[int]:
         if self.order == "3hd":
             return [r for c in range(3) for r in head_rows(kept, d, c * heads * d)]
         return [h * 3 * d + c * d + j for h in kept for c in range(3) for j in range(d)]
 
-    def unit_set(self, model: nn.Module, name: str, module: nn.Module) -> UnitSet | None:
+    def unit_sets(self, model: nn.Module, name: str, module: nn.Module) -> list[UnitSet]:
         heads, d = self.geometry(module)
-        qkv, o = self.modules(module)
-        if qkv.out_features != 3 * heads * d or o.in_features != heads * d:
+        qkv, o = self.projections(module)
+        if out_features(qkv) != 3 * heads * d or in_features(o) != heads * d:
             raise ForcePruneError(
-                f"{name}: {heads} heads of size {d} do not match {self.qkv} ({qkv.out_features} outputs) "
-                f"and {self.o} ({o.in_features} inputs)."
+                f"{name}: {heads} heads of size {d} do not match {self.qkv} ({out_features(qkv)} outputs) "
+                f"and {self.o} ({in_features(o)} inputs)."
             )
         nq, no = join_path(name, self.qkv), join_path(name, self.o)
-        all_heads = list(range(heads))
-        index = torch.as_tensor(self._rows(all_heads, heads, d))
-        unit = torch.as_tensor([h for h in self._heads_of_rows(heads, d)])
-        slices = [Slice(qkv, nq, "weight", 0, index, unit, PRODUCER_WEIGHT, "linear")]
-        if qkv.bias is not None:
-            slices.append(Slice(qkv, nq, "bias", 0, index, unit, PRODUCER_OTHER, "linear"))
-        slices += linear_head_slices(o, no, heads, d, role_rows=False)
-        return UnitSet(
-            name=name, root=qkv, root_fn=deferred_surgery, size=heads, slices=slices,
-            channels_per_unit=d, on_removed=lambda m, kept: self.remove(m, name, kept, heads, d), kind="head", root_name=nq,
-        )
+        index = torch.as_tensor(self._rows(range(heads), heads, d))
+        unit = torch.as_tensor(self._heads_of_rows(heads, d))
+        slices = row_slices(qkv, nq, index, unit) + linear_head_slices(o, no, heads, d, role_rows=False)
+        return [head_unit_set(self, name, qkv, nq, heads, d, slices, self.remove)]
 
     def _heads_of_rows(self, heads: int, d: int) -> list[int]:
         if self.order == "3hd":
             return [h for _ in range(3) for h in range(heads) for _ in range(d)]
         return [h for h in range(heads) for _ in range(3) for _ in range(d)]
 
-    def remove(self, model: nn.Module, name: str, kept: list[int], heads: int, d: int) -> None:
+    def remove(self, model: nn.Module, name: str, kept: list[int]) -> None:
         module = model.get_submodule(name)
-        qkv, o = self.modules(module)
+        heads, d = self.geometry(module)
+        qkv, o = self.projections(module)
         slice_linear(qkv, rows=self._rows(kept, heads, d))
         slice_linear(o, cols=head_rows(kept, d))
-        _set_head_count(self, module, len(kept), d)
+        set_head_attrs(module, self.num_heads, self.derived, len(kept), d)
 
     def sync(self, module: nn.Module) -> None:
-        d = getattr(module, self.head_dim, None) if self.head_dim else None
-        if d is None:
+        if self.head_dim is None or getattr(module, self.head_dim, None) is None:
             return
-        heads = get_path(module, self.o).in_features // int(d)
-        _set_head_count(self, module, heads, d)
+        heads, d = self.geometry(module)
+        set_head_attrs(module, self.num_heads, self.derived, heads, d)
 
 
 @dataclass
@@ -215,11 +236,7 @@ class MultiheadAttentionHeads:
     name: str = "torch.nn.MultiheadAttention"
 
     def matches(self, module: nn.Module) -> bool:
-        return (
-            isinstance(module, nn.MultiheadAttention)
-            and module.bias_k is None
-            and not module.add_zero_attn
-        )
+        return isinstance(module, nn.MultiheadAttention) and module.bias_k is None and not module.add_zero_attn
 
     def geometry(self, module: nn.Module) -> tuple[int, int]:
         return module.num_heads, module.head_dim
@@ -227,7 +244,7 @@ class MultiheadAttentionHeads:
     def modules(self, module: nn.Module) -> list[nn.Module]:
         return [module, module.out_proj]
 
-    def unit_set(self, model: nn.Module, name: str, module: nn.Module) -> UnitSet | None:
+    def unit_sets(self, model: nn.Module, name: str, module: nn.Module) -> list[UnitSet]:
         heads, d = self.geometry(module)
         e = module.embed_dim
         if module._qkv_same_embed_dim:
@@ -240,10 +257,7 @@ class MultiheadAttentionHeads:
         if module.in_proj_bias is not None:
             slices.append(head_slices(module, name, "in_proj_bias", 0, heads, d, PRODUCER_OTHER, (0, e, 2 * e)))
         slices += linear_head_slices(module.out_proj, join_path(name, "out_proj"), heads, d, role_rows=False)
-        return UnitSet(
-            name=name, root=module, root_fn=deferred_surgery, size=heads, slices=slices,
-            channels_per_unit=d, on_removed=lambda m, kept: self.remove(m, name, kept), kind="head", root_name=name,
-        )
+        return [head_unit_set(self, name, module, name, heads, d, slices, self.remove)]
 
     def remove(self, model: nn.Module, name: str, kept: list[int]) -> None:
         module = model.get_submodule(name)
@@ -254,51 +268,3 @@ class MultiheadAttentionHeads:
 
     def sync(self, module: nn.Module) -> None:  # never saved pruned: it is replaced on removal
         pass
-
-
-@dataclass
-class FeedForward:
-    """A feed-forward block ``down(act(up(x)))``: each up-projection row is one neuron.
-
-    Only register blocks whose forward applies nothing but an element-wise activation (and
-    dropout) between ``up`` and ``down``: the unit set is built from this description, not
-    traced."""
-
-    name: str
-    up: str
-    down: str
-    match: Callable[[nn.Module], bool]
-
-    def matches(self, module: nn.Module) -> bool:
-        return (
-            isinstance(get_path(module, self.up), nn.Linear)
-            and isinstance(get_path(module, self.down), nn.Linear)
-            and bool(self.match(module))
-        )
-
-    def modules(self, module: nn.Module) -> list[nn.Module]:
-        return [get_path(module, self.up), get_path(module, self.down)]
-
-    def unit_set(self, model: nn.Module, name: str, module: nn.Module) -> UnitSet | None:
-        up, down = self.modules(module)
-        if up.out_features != down.in_features:
-            raise ForcePruneError(f"{name}: {self.up} has {up.out_features} outputs but {self.down} reads {down.in_features}.")
-        nu, nd = join_path(name, self.up), join_path(name, self.down)
-        idx = torch.arange(up.out_features)
-        slices = [Slice(up, nu, "weight", 0, idx, idx, PRODUCER_WEIGHT, "linear")]
-        if up.bias is not None:
-            slices.append(Slice(up, nu, "bias", 0, idx, idx, PRODUCER_OTHER, "linear"))
-        slices.append(Slice(down, nd, "weight", 1, idx, idx, CONSUMER, "linear"))
-        return UnitSet(
-            name=nu, root=up, root_fn=tpf.prune_linear_out_channels, size=up.out_features, slices=slices,
-            on_removed=lambda m, kept: self.remove(m, name, kept), kind="neuron", root_name=nu,
-        )
-
-    def remove(self, model: nn.Module, name: str, kept: list[int]) -> None:
-        module = model.get_submodule(name)
-        up, down = self.modules(module)
-        size = len(kept)
-        if up.out_features != size:  # torch-pruning's graph did not reach it: do it here
-            slice_linear(up, rows=kept)
-        if down.in_features != size:
-            slice_linear(down, cols=kept)

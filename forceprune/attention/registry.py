@@ -1,11 +1,13 @@
 """The registered layouts, and the unit provider that maps a model's modules with them.
 
 :func:`attention_unit_provider` (registered with :func:`forceprune.units.register_unit_provider`
-when this module is imported, i.e. on ``import forceprune``) builds a head unit set for every
-module an attention layout matches and a neuron unit set for every matched feed-forward
-block, and claims the modules involved so that no channel-level group touches them. A module
-that looks like attention but matches no layout is left unpruned, with an
-:class:`UnmappedAttentionWarning` naming it.
+when this module is imported, i.e. on ``import forceprune``) builds the head (and key/value
+group) unit sets of every module an attention layout matches, a neuron unit set for every
+matched feed-forward block and, for an RMSNorm decoder whose blocks are all mapped, the
+residual-stream unit set (:mod:`.hidden`). It claims the matched modules: they are opaque to
+torch-pruning's graph and no channel-level group touches them. A module that looks like
+attention but matches no layout is left unpruned, with an :class:`UnmappedAttentionWarning`
+naming it and showing how to register a layout.
 """
 from __future__ import annotations
 
@@ -15,8 +17,12 @@ import warnings
 import torch.nn as nn
 
 from ..units import UnitSet, register_unit_provider
-from .layouts import FeedForward, FusedHeads, MultiheadAttentionHeads, SeparateHeads
+from .ffn import FeedForward
+from .gqa import GroupedQueryHeads
+from .hidden import residual_stream_units
+from .layouts import FusedHeads, MultiheadAttentionHeads, SeparateHeads
 from .mha import PrunedMultiheadAttention
+from .slicing import is_conv1d
 
 
 class UnmappedAttentionWarning(UserWarning):
@@ -35,6 +41,16 @@ _ATTENTION_LAYOUTS: list = [
     ),
     MultiheadAttentionHeads(),
     FusedHeads("fused-qkv"),
+    # GPT-2: one Conv1D c_attn (outputs q | k | v), split into q, k, v by ``split_size``
+    FusedHeads("hf-gpt2", qkv="c_attn", o="c_proj", derived={"split_size": lambda h, d: h * d},
+               match=lambda m: not getattr(m, "is_cross_attention", True) and is_conv1d(m.c_attn)),
+    # Llama, Mistral, Qwen2/Qwen3, SmolLM: separate q/k/v/o, ``num_key_value_groups`` query heads per kv head
+    GroupedQueryHeads("hf-grouped-query"),
+    # Phi-3: one fused qkv_proj (q rows, then k, then v); its forward reads the head count from its config
+    GroupedQueryHeads("hf-phi3", qkv="qkv_proj", config_heads=True),
+    # HF ViT (transformers 5): q_proj/k_proj/v_proj/o_proj with num_attention_heads and head_dim
+    SeparateHeads("hf-vit", q="q_proj", k="k_proj", v="v_proj", o="o_proj", num_heads="num_attention_heads",
+                  head_dim="head_dim"),
 ]
 _FFN_LAYOUTS: list = [
     FeedForward(
@@ -50,14 +66,24 @@ _FFN_LAYOUTS: list = [
         "torch-transformer-ffn", up="linear1", down="linear2",
         match=lambda m: isinstance(m, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)),
     ),
+    FeedForward("hf-gpt2-mlp", up="c_fc", down="c_proj", match=lambda m: hasattr(m, "act") and is_conv1d(m.c_fc)),
+    # Llama-family gated MLP: down(act(gate(x)) * up(x))
+    FeedForward("hf-gated-mlp", gate="gate_proj", up="up_proj", down="down_proj", match=lambda m: hasattr(m, "act_fn")),
+    # Phi-3: gate, up = gate_up_proj(x).chunk(2)
+    FeedForward("hf-phi3-mlp", up="gate_up_proj", down="down_proj", fused_gate=True,
+                match=lambda m: hasattr(m, "activation_fn")),
+    # HF ViT / CLIP-style MLP: fc2(act(fc1(x)))
+    FeedForward("hf-fc-mlp", up="fc1", down="fc2",
+                match=lambda m: hasattr(m, "activation_fn") and type(m).__name__.endswith("MLP")),
 ]
 
 
 def register_attention_layout(layout) -> None:
-    """Add an attention layout (:class:`SeparateHeads`, :class:`FusedHeads` or any object with
-    ``matches(module)``, ``geometry(module) -> (heads, head_dim)``, ``modules(module)``,
-    ``unit_set(model, name, module)`` and ``sync(module)``). Layouts registered later are
-    tried first."""
+    """Add an attention layout (:class:`SeparateHeads`, :class:`FusedHeads`,
+    :class:`GroupedQueryHeads` or any object with ``matches(module)``, ``geometry(module) ->
+    (heads, head_dim)``, ``modules(module)`` (the module and its projections),
+    ``unit_sets(model, name, module)`` and ``sync(module)``; see :mod:`.layouts`). Layouts
+    registered later are tried first."""
     _ATTENTION_LAYOUTS.insert(0, layout)
 
 
@@ -119,27 +145,36 @@ def _unmapped_message(names: list[str], model: nn.Module) -> str:
     )
 
 
+def _layout_units(layout, model: nn.Module, name: str, module: nn.Module) -> list[UnitSet]:
+    if hasattr(layout, "unit_sets"):
+        sets = layout.unit_sets(model, name, module)
+    else:  # a layout written for the one-set protocol (``unit_set``)
+        one = layout.unit_set(model, name, module)
+        sets = [] if one is None else [one]
+    return [us for us in sets if us.size >= 2]
+
+
 @register_unit_provider
 def attention_unit_provider(model: nn.Module, names: dict) -> tuple[list[UnitSet], list[nn.Module]]:
-    """Unit provider: head unit sets for every mapped attention module, neuron unit sets for
-    mapped feed-forward blocks, and every module they (or unmapped attention) touch."""
+    """Unit provider: head (and key/value group) unit sets for every mapped attention module,
+    neuron unit sets for mapped feed-forward blocks, the residual stream of a mapped RMSNorm
+    decoder; claims every module they (or unmapped attention) live in."""
     unit_sets: list[UnitSet] = []
     claimed: list[nn.Module] = []
-    mapped: list[str] = []
+    attention: list[str] = []
+    mapped: dict = {}  # module name -> layout, attention and feed-forward
     for name, module in model.named_modules():
         layout = match_layout(module, _ATTENTION_LAYOUTS)
-        if layout is not None and not any(name.startswith(m + ".") for m in mapped):
-            mapped.append(name)
+        if layout is not None and not any(name.startswith(m + ".") for m in attention):
+            attention.append(name)
+            mapped[name] = layout
             claimed += layout.modules(module)
-            us = layout.unit_set(model, name, module)
-            if us is not None and us.size >= 2:
-                unit_sets.append(us)
+            unit_sets += _layout_units(layout, model, name, module)
         ffn = match_layout(module, _FFN_LAYOUTS)
         if ffn is not None:
+            mapped.setdefault(name, ffn)
             claimed += ffn.modules(module)
-            us = ffn.unit_set(model, name, module)
-            if us.size >= 2:
-                unit_sets.append(us)
+            unit_sets += _layout_units(ffn, model, name, module)
     unmapped = []
     for name, module in model.named_modules():
         if not name or any(name == m or name.startswith(m + ".") or m.startswith(name + ".") for m in mapped):
@@ -150,7 +185,9 @@ def attention_unit_provider(model: nn.Module, names: dict) -> tuple[list[UnitSet
             unmapped.append(name)
             claimed += [m for m in module.modules()]
     if unmapped:
-        warnings.warn(_unmapped_message(unmapped, model), UnmappedAttentionWarning, stacklevel=3)
+        warnings.warn(_unmapped_message(unmapped, model), UnmappedAttentionWarning, stacklevel=4)
+    else:
+        unit_sets += residual_stream_units(model, mapped)
     return unit_sets, claimed
 
 

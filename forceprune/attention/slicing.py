@@ -1,5 +1,9 @@
 """The small pieces of head and neuron surgery every layout shares: module paths, the rows
-of kept heads, slicing an ``nn.Linear`` in place, and the slices a head unit spans."""
+of kept heads, slicing a projection in place, and the slices a head unit spans.
+
+A *projection* is an ``nn.Linear`` (weight ``(out, in)``) or a Hugging Face ``Conv1D``
+(GPT-2; weight ``(in, out)``, attributes ``nf`` = out, ``nx`` = in): the helpers here read
+and slice both through :func:`out_dim` / :func:`in_dim`."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -25,24 +29,67 @@ def join_path(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def _replace_param(module: nn.Module, name: str, data: torch.Tensor) -> None:
+def is_conv1d(module) -> bool:
+    """A Hugging Face ``Conv1D``: a linear layer storing its weight transposed ``(in, out)``."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
+
+
+def is_projection(module) -> bool:
+    """An ``nn.Linear`` or a Hugging Face ``Conv1D``."""
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def out_dim(proj: nn.Module) -> int:
+    """The weight dimension holding the output features (0 for Linear, 1 for Conv1D)."""
+    return 1 if is_conv1d(proj) else 0
+
+
+def in_dim(proj: nn.Module) -> int:
+    """The weight dimension holding the input features (1 for Linear, 0 for Conv1D)."""
+    return 1 - out_dim(proj)
+
+
+def out_features(proj: nn.Module) -> int:
+    return int(proj.weight.shape[out_dim(proj)])
+
+
+def in_features(proj: nn.Module) -> int:
+    return int(proj.weight.shape[in_dim(proj)])
+
+
+def replace_param(module: nn.Module, name: str, data: torch.Tensor) -> None:
+    """Set ``module.<name>`` to a new parameter holding ``data`` (same ``requires_grad``)."""
     old = getattr(module, name)
     setattr(module, name, nn.Parameter(data.contiguous().clone(), requires_grad=old.requires_grad))
 
 
-def slice_linear(lin: nn.Linear, rows: Sequence[int] | None = None, cols: Sequence[int] | None = None) -> None:
-    """Keep only ``rows`` (output features) and/or ``cols`` (input features) of ``lin``."""
+def slice_param(module: nn.Module, name: str, dim: int, keep: Sequence[int]) -> None:
+    """Keep only the ``keep`` positions along ``dim`` of ``module.<name>`` (None: nothing to do)."""
+    p = getattr(module, name, None)
+    if p is None:
+        return
+    idx = torch.as_tensor(list(keep), dtype=torch.long, device=p.device)
     with torch.no_grad():
-        if rows is not None:
-            idx = torch.as_tensor(list(rows), dtype=torch.long, device=lin.weight.device)
-            _replace_param(lin, "weight", lin.weight.data.index_select(0, idx))
-            if lin.bias is not None:
-                _replace_param(lin, "bias", lin.bias.data.index_select(0, idx))
-            lin.out_features = len(idx)
-        if cols is not None:
-            idx = torch.as_tensor(list(cols), dtype=torch.long, device=lin.weight.device)
-            _replace_param(lin, "weight", lin.weight.data.index_select(1, idx))
-            lin.in_features = len(idx)
+        replace_param(module, name, p.data.index_select(dim, idx))
+
+
+def sync_projection(proj: nn.Module) -> None:
+    """Set a projection's size attributes from its weight's shape."""
+    if is_conv1d(proj):
+        proj.nx, proj.nf = int(proj.weight.shape[0]), int(proj.weight.shape[1])
+    else:
+        proj.out_features, proj.in_features = int(proj.weight.shape[0]), int(proj.weight.shape[1])
+
+
+def slice_linear(proj: nn.Module, rows: Sequence[int] | None = None, cols: Sequence[int] | None = None) -> None:
+    """Keep only ``rows`` (output features, with the bias) and/or ``cols`` (input features) of
+    a projection (``nn.Linear`` or ``Conv1D``)."""
+    if rows is not None:
+        slice_param(proj, "weight", out_dim(proj), rows)
+        slice_param(proj, "bias", 0, rows)
+    if cols is not None:
+        slice_param(proj, "weight", in_dim(proj), cols)
+    sync_projection(proj)
 
 
 def head_rows(kept: Sequence[int], head_dim: int, offset: int = 0) -> list[int]:
@@ -60,32 +107,22 @@ def head_slices(
     return Slice(module, module_name, param, dim, index, unit, role, kind)
 
 
-def linear_head_slices(lin: nn.Linear, name: str, heads: int, head_dim: int, role_rows: bool = True) -> list[Slice]:
+def linear_head_slices(lin: nn.Module, name: str, heads: int, head_dim: int, role_rows: bool = True) -> list[Slice]:
     """Producer rows (+ bias) of a q/k/v projection, or consumer columns of an output projection."""
     if role_rows:
-        out = [head_slices(lin, name, "weight", 0, heads, head_dim, PRODUCER_WEIGHT)]
-        if lin.bias is not None:
-            out.append(head_slices(lin, name, "bias", 0, heads, head_dim, PRODUCER_OTHER))
-        return out
-    return [head_slices(lin, name, "weight", 1, heads, head_dim, CONSUMER)]
+        return row_slices(lin, name, torch.arange(heads * head_dim), torch.arange(heads * head_dim) // head_dim)
+    return [head_slices(lin, name, "weight", in_dim(lin), heads, head_dim, CONSUMER)]
 
 
-class _DeferredSurgery:
-    """A torch-pruning pruning function that does nothing: for fused/packed layouts the
-    surgery is done by the unit set's ``on_removed`` (it needs the parent module and rows at
-    several offsets, which a root-channel index list cannot express).
-
-    torch-pruning calls handlers as bound methods and sets ``pruning_dim`` on their owner, and
-    propagates a group only along dependencies triggered by a known handler: with this one,
-    the group is the root alone and ``prune()`` calls :meth:`prune_out_channels` once."""
-
-    pruning_dim = 0
-
-    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        return layer
-
-    prune_in_channels = prune_out_channels
+def row_slices(proj: nn.Module, name: str, index: torch.Tensor, unit: torch.Tensor) -> list[Slice]:
+    """Producer slices of output rows ``index`` (``(n,)``) of a projection, row ``index[i]``
+    belonging to unit ``unit[i]``: the weight rows and, if any, the bias entries."""
+    out = [Slice(proj, name, "weight", out_dim(proj), index, unit, PRODUCER_WEIGHT, "linear")]
+    if getattr(proj, "bias", None) is not None:
+        out.append(Slice(proj, name, "bias", 0, index, unit, PRODUCER_OTHER, "linear"))
+    return out
 
 
-#: the ``root_fn`` of unit sets whose surgery is all done in ``on_removed``
-deferred_surgery = _DeferredSurgery().prune_out_channels
+def column_slice(proj: nn.Module, name: str, index: torch.Tensor, unit: torch.Tensor) -> Slice:
+    """The consumer slice of input columns ``index`` of a projection (unit ``unit[i]`` each)."""
+    return Slice(proj, name, "weight", in_dim(proj), index, unit, CONSUMER, "linear")

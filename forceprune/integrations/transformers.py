@@ -37,18 +37,20 @@ units are re-zeroed with their Adam moments); removal at ``on_train_end``
 
 Saving and reloading
 --------------------
-``from_pretrained`` cannot rebuild a pruned model (its config holds one head count and one
-FFN width for all layers), so this module owns a small record in the config,
-``config.forceprune`` = ``{"kept_heads": {attention module: original head indices},
-"intermediate_size": {FFN block: width}}`` (names relative to the base model), and the
-loader that uses it:
+``from_pretrained`` cannot rebuild a model pruned unevenly (its config holds one head count and
+one FFN width for all layers), so :mod:`forceprune.integrations.hf_folder` keeps a small record
+in the config, ``config.forceprune`` (kept heads, key/value heads, FFN widths, hidden size), and
+the loader that uses it; its names are re-exported here:
 
 * the callback records what it removed at ``on_train_end``, so ``trainer.save_model()``
   saves the record;
 * after your own ``report = pruner.prune()``, call :func:`record_pruning` (``model,
   report``) before ``save_pretrained``, or save with :func:`save_pruned_pretrained`
   (``model, path, pruner.history``), which records and saves;
-* :func:`load_pruned_pretrained` rebuilds the model from the saved folder.
+* :func:`load_pruned_pretrained` rebuilds the model from the saved folder;
+* a model pruned with one width per kind (``budget={"uniform": True}``) saves as a plain
+  folder, ``save_pruned_pretrained(model, path, uniform=True)``, which ``from_pretrained``
+  loads without forceprune.
 
 Heads kept over several ``prune()`` rounds compose: the record always holds indices of the
 base model's heads.
@@ -56,22 +58,17 @@ base model's heads.
 from __future__ import annotations
 
 import functools
-import json
 import os
-import weakref
-from pathlib import Path
-from typing import Iterable
 
 import torch
 import torch.nn as nn
 from transformers import TrainerCallback
 
 from .._torch import model_device, to_device
-from ..attention.rebuild import ffn_blocks, ffn_per_layer, heads_per_layer, shrink_to_state_dict
 from ..checkpoint import write_json
 from ..errors import ForcePruneError
 from ..pruner import ForcePruner
-from ..report import PruneReport
+from .hf_folder import CONFIG_KEY, load_pruned_pretrained, plain_config, record_pruning, save_pruned_pretrained
 
 __all__ = [
     "ForcePruneCallback",
@@ -80,12 +77,9 @@ __all__ = [
     "record_pruning",
     "save_pruned_pretrained",
     "load_pruned_pretrained",
+    "plain_config",
     "example_inputs_from_loader",
 ]
-
-#: ``model.config.<CONFIG_KEY>``: what removal kept (``kept_heads``, ``intermediate_size`` per
-#: module name relative to the base model), so that a saved pruned model can be rebuilt.
-CONFIG_KEY = "forceprune"
 
 _NON_INPUT_KEYS = {"labels", "label", "label_ids", "num_items_in_batch"}
 
@@ -283,150 +277,3 @@ class ForcePruneLossMixin:
             loss, outputs = result
             return cb.add_penalty(loss), outputs
         return cb.add_penalty(result)
-
-
-# ---------------------------------------------------------------------------------------------
-# the save record, save / reload
-# ---------------------------------------------------------------------------------------------
-#: per model, the reports already in its record (a report is recorded once however often it is passed)
-_RECORDED: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
-
-
-def _relative(model: nn.Module, name: str) -> str:
-    """``name`` without the model's ``base_model_prefix`` (``bert.encoder...`` -> ``encoder...``)."""
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    return name[len(prefix) + 1 :] if prefix and name.startswith(prefix + ".") else name
-
-
-def _rows_and_kept(report) -> tuple[list[dict], dict]:
-    if isinstance(report, dict):  # PruneReport.to_dict() or a baseline's report dict
-        return report.get("layers") or [], report.get("kept") or {}
-    return report.layers, report.kept
-
-
-def record_pruning(model: nn.Module, reports: PruneReport | dict | Iterable[PruneReport | dict]) -> dict:
-    """Add what ``reports`` removed from ``model`` to ``model.config.forceprune``; returns the record.
-
-    ``reports``: one :class:`~forceprune.PruneReport` (or its ``to_dict()``), or several in the
-    order the rounds ran (e.g. ``pruner.history``). For every mapped attention module that lost
-    heads the record keeps the indices of the *base model's* heads still there (composing with
-    what earlier rounds recorded); for every feed-forward block that lost neurons, its width.
-    A report already recorded for this model is skipped, so passing a pruner's whole history
-    again after more rounds is safe. Models without a Hugging Face-style config get no record.
-    """
-    cfg = getattr(model, "config", None)
-    if cfg is None or not hasattr(cfg, "to_dict"):
-        return {}
-    if isinstance(reports, (PruneReport, dict)):
-        reports = [reports]
-    done = _RECORDED.setdefault(model, [])
-    heads, blocks = heads_per_layer(model), ffn_blocks(model)
-    rec = {key: dict(sub) for key, sub in (getattr(cfg, CONFIG_KEY, None) or {}).items()}
-    changed = False
-    for report in reports:
-        if any(report is r for r in done):
-            continue
-        done.append(report)
-        rows, kept_sets = _rows_and_kept(report)
-        for row in rows:
-            name, kept = row["name"], kept_sets.get(row["name"])
-            if kept is None or len(kept) >= row["width_before"]:
-                continue  # nothing removed from this unit set
-            if name in heads:
-                key, before = _relative(model, name), row["width_before"]
-                prev = rec.get("kept_heads", {}).get(key) or list(range(before))
-                if len(prev) != before:
-                    prev = list(range(before))
-                rec.setdefault("kept_heads", {})[key] = [int(prev[i]) for i in kept]
-                changed = True
-            elif name in blocks:
-                rec.setdefault("intermediate_size", {})[_relative(model, blocks[name])] = len(kept)
-                changed = True
-    if changed:
-        setattr(cfg, CONFIG_KEY, rec)
-    return dict(getattr(cfg, CONFIG_KEY, None) or {})
-
-
-def save_pruned_pretrained(
-    model: nn.Module, path, reports: PruneReport | dict | Iterable[PruneReport | dict] = (), **save_kwargs
-) -> Path:
-    """:func:`record_pruning` (``model``, ``reports``), then ``model.save_pretrained(path,
-    **save_kwargs)``; :func:`load_pruned_pretrained` rebuilds the saved model. Returns ``path``."""
-    if not hasattr(model, "save_pretrained"):
-        raise ForcePruneError(
-            f"{type(model).__name__} has no save_pretrained(); save a plain PyTorch model with "
-            "forceprune.plan.save_pruned(model, forceprune.plan.make_plan(pruner), path)."
-        )
-    record_pruning(model, reports)
-    model.save_pretrained(str(path), **save_kwargs)
-    return Path(path)
-
-
-def _read_state_dict(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    single = path / "model.safetensors"
-    index = path / "model.safetensors.index.json"
-    if single.is_file():
-        return load_file(str(single))
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state = {}
-        for f in files:
-            state.update(load_file(str(path / f)))
-        return state
-    binary = path / "pytorch_model.bin"
-    if binary.is_file():
-        return torch.load(str(binary), map_location="cpu", weights_only=True)
-    raise ForcePruneError(f"{path} holds no model.safetensors(.index.json) or pytorch_model.bin; save it with save_pretrained().")
-
-
-def load_pruned_pretrained(path, model_class=None, **config_overrides) -> nn.Module:
-    """Rebuild a pruned Hugging Face model saved with ``save_pretrained`` (or ``trainer.save_model``,
-    or :func:`save_pruned_pretrained`).
-
-    ``from_pretrained`` cannot: the config holds one head count and one FFN width for every
-    layer. This builds the model from its config (``model_class`` or ``config.architectures[0]``),
-    resizes each linear layer to the saved shapes, sets the head attributes from them (checked
-    against ``config.forceprune``), loads the weights strictly and returns it in eval mode.
-    """
-    import transformers
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise ForcePruneError(f"{path} is not a saved model folder (no config.json); pass the folder given to save_pretrained().")
-    config = transformers.AutoConfig.from_pretrained(str(path), **config_overrides)
-    state = _read_state_dict(path)
-    if model_class is None:
-        arch = (getattr(config, "architectures", None) or [None])[0]
-        model_class = getattr(transformers, arch, None) if arch else None
-        if model_class is None:
-            raise ForcePruneError(f"the config of {path} names no known architecture ({arch!r}); pass model_class=.")
-    elif isinstance(model_class, type) and hasattr(model_class, "from_config") and not hasattr(model_class, "_from_config"):
-        model_class = model_class._model_mapping[type(config)]  # an Auto class
-    model = model_class._from_config(config) if hasattr(model_class, "_from_config") else model_class(config)
-    shrink_to_state_dict(model, state)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected:
-        raise ForcePruneError(f"{path}: weights {unexpected[:5]} do not belong to {type(model).__name__}; pass model_class=.")
-    if missing:
-        model.tie_weights()
-        loaded = {t.data_ptr() for k, t in model.state_dict().items() if k not in missing}
-        still = [k for k in missing if model.state_dict()[k].data_ptr() not in loaded]
-        if still:
-            raise ForcePruneError(f"{path}: weights {still[:5]} are missing from the saved model.")
-    rec = getattr(config, CONFIG_KEY, None) or {}
-    _check_record(model, rec)
-    return model.eval()
-
-
-def _check_record(model: nn.Module, rec: dict) -> None:
-    heads = {_relative(model, n): h for n, h in heads_per_layer(model).items()}
-    for name, kept in (rec.get("kept_heads") or {}).items():
-        if name in heads and heads[name] != len(kept):
-            raise ForcePruneError(f"{name}: the weights hold {heads[name]} heads but config.forceprune records {len(kept)}.")
-    widths = ffn_per_layer(model)
-    ffn = {_relative(model, block): widths[up] for up, block in ffn_blocks(model).items()}
-    for name, width in (rec.get("intermediate_size") or {}).items():
-        if name in ffn and ffn[name] != width:
-            raise ForcePruneError(f"{name}: the weights hold {ffn[name]} FFN neurons but config.forceprune records {width}.")
