@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     config = command("config", "List every key of a task's config with its default and help text.",
                      "example:\n  forceprune config text_classification")
     config.add_argument("task", metavar="TASK", nargs="?", default="image_classification",
-                        help="image_classification (default) or text_classification")
+                        help="image_classification (default), text_classification or language_modeling")
 
     bench = command("bench", "Run a benchmark suite (benchmarks/ in the source checkout).",
                     "example:\n  forceprune bench quick --output-dir benchmarks/results")

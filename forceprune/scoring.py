@@ -137,3 +137,35 @@ def force_field(force: Force, unit_sets: list[UnitSet]) -> list[dict]:
             out.append({"name": us.name, "size": us.size, "pivot": anchor, "norms": norms.tolist(),
                         "distances": x.tolist(), "weights": phi.tolist(), "zero": us.dead.tolist()})
     return out
+
+
+def step_shrink(force: Force, unit_sets: list[UnitSet], set_weights: list[float], optimizer,
+                proximal: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+    """Per unit set, ``(size, shrink)``: each unit's size (its L2 norm, or for the L1 norm its
+    largest element) and how much of it the force alone removes per optimizer step at scale 1
+    (``(G,)`` each), for the budget's plan (:mod:`forceprune.budget_plan`).
+
+    Proximal force: ``lr * beta * w_S * phi_u * sqrt(n_u)`` (L2) or ``lr * beta * w_S * phi_u``
+    per element (L1). Loss-term force under SGD: ``eta * beta * w_S * phi_u / N`` with
+    ``eta = lr / (1 - momentum)`` and ``N = G`` for the mean reduction. None where the rate is
+    not known: no optimizer, the ``l2sq`` norm (it never zeroes), or a loss-term force under
+    Adam (which moves every weight by about ``lr`` whatever the force)."""
+    if optimizer is None or force.norm == "l2sq":
+        return None
+    sizes, shrinks = [], []
+    for us, weight in zip(unit_sets, set_weights):
+        group = param_group(optimizer, us.select(force.include)[0].param)
+        if group is None or (not proximal and "betas" in group):
+            return None
+        lr = float(group["lr"])
+        norms, phi = unit_profile(force, us)
+        phi = phi.clamp_min(0)
+        if proximal:
+            rate = lr * force.beta * weight * phi
+            rate = rate * us.numel(force.include).sqrt() if force.norm == "l2" else rate
+        else:
+            eta = lr / (1.0 - float(group.get("momentum", 0.0) or 0.0))
+            rate = eta * force.beta * weight * phi / (us.size if force.reduction == "mean" else 1)
+        sizes.append(norms if force.norm == "l2" else us.unit_max_abs(force.include))
+        shrinks.append(rate)
+    return sizes, shrinks

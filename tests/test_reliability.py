@@ -93,7 +93,7 @@ CONFIG_CASES = {
                   "is not a UTF-8 text file"),
     "a directory": (lambda d, t: load_config(t), ConfigError, "is a directory"),
     "unknown task": (lambda d, t: load_config(_write(t / "c.toml", b'task = "image_generation"\n')), ConfigError,
-                     'choose one of image_classification, text_classification'),
+                     'choose one of image_classification, language_modeling, text_classification'),
     "text config, unknown key": (
         lambda d, t: load_config(_write(t / "c.toml", b'task = "text_classification"\nepoch = 2\n')), ConfigError,
         "did you mean 'epochs'?"),

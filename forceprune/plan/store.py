@@ -245,6 +245,6 @@ def _other_class(plan: dict, model: nn.Module) -> str | None:
     that, not the example inputs, is then the likely reason a replay fails."""
     recorded = plan["model"].get("class") if plan["model"]["source"] == "custom" else None
     built = f"{type(model).__module__}.{type(model).__qualname__}"
-    if recorded is None or recorded.rsplit(".", 1)[-1] == type(model).__qualname__.rsplit(".", 1)[-1]:
+    if not isinstance(recorded, str) or recorded.rsplit(".", 1)[-1] == type(model).__qualname__.rsplit(".", 1)[-1]:
         return None
     return f"the plan was made for a {recorded} but model_factory() built a {built}"

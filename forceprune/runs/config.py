@@ -70,6 +70,9 @@ class RunConfig:
 
     #: the ``task`` value selecting this class in a config file
     task_name: ClassVar[str] = DEFAULT_TASK
+    #: with ``distill`` and no dense phase, the model the force phase starts from teaches (a
+    #: pretrained model that is already the dense baseline); else distillation needs a dense phase
+    teacher_from_start: ClassVar[bool] = False
     #: methods that are not force laws (``"none"``: no pruning; see forceprune.baselines)
     baselines: ClassVar[tuple[str, ...]] = ("none", GROUP_NORM, FISHER)
 
@@ -97,7 +100,7 @@ class RunConfig:
 
     def check(self) -> list[str]:
         """Range and consistency checks of the shared fields; each message names the fix."""
-        errors = budget_errors({k: getattr(self, k) for k in TARGET_KEYS}, self.budget)
+        errors = budget_errors(self.budget_targets(), self.budget)
         need = collect(errors)
         need(all(isinstance(k, str) for k in self.force_options), "force_options keys must be strings")
         need(self.threshold is None or self.threshold > 0, f"threshold = {self.threshold} must be > 0, or leave it unset for the pruner's default")
@@ -116,10 +119,10 @@ class RunConfig:
         except ForcePruneError as exc:
             errors.append(str(exc).rstrip("."))
         dense = getattr(self, "dense_epochs", 0)
-        need(not (self.distill or self.init_from_dense) or dense > 0,
+        need(not (self.distill and not self.teacher_from_start or self.init_from_dense) or dense > 0,
              f"{'distill' if self.distill else 'init_from_dense'} needs a dense model: set dense_epochs > 0 (the dense "
              "phase trains the teacher / the starting point)")
-        targets = [k for k in TARGET_KEYS if getattr(self, k) is not None]
+        targets = [k for k, v in self.budget_targets().items() if v is not None]
         force = getattr(self, "force", None)
         need(not targets or force not in self.baselines or (force == FISHER and targets == ["target_macs"]),
              f"{targets[0] if targets else ''} needs a force (the controller scales it); force {force!r} has none")
@@ -131,6 +134,10 @@ class RunConfig:
         need(self.widths is None or all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in self.widths.values()),
              "widths must map unit set names to whole numbers of units >= 1, e.g. widths = { fc1 = 8 }")
         return errors
+
+    def budget_targets(self) -> dict[str, float | None]:
+        """The targets as the budget rules see them (``{"target_macs": ..., ...}``)."""
+        return {k: getattr(self, k) for k in TARGET_KEYS}
 
     def check_names(self) -> list[str]:
         """Checks against the installed registries (models, datasets, forces) and the machine."""

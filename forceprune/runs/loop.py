@@ -177,17 +177,20 @@ class Trainer:
         meta: plain data stored in every checkpoint (the run's config).
         log_every: also record ``(step, loss, penalty, units captured)`` every this many steps.
         on_checkpoint: called after every checkpoint written (the run's overwrite commit).
+        evaluate_first: evaluate the model before training, as a ``phase="start"`` record (a
+            pretrained model that is its own dense baseline).
     """
 
     def __init__(self, model: nn.Module, phase: Phase, batches: Any, eval_batches: Iterable, objective: Objective, *,
                  device: torch.device, method: Any = None, force_mode: str = "loss", amp: bool = False,
                  checkpoint_path: str | Path | None = None, progress: bool = True, meta: dict | None = None,
-                 log_every: int = 0, on_checkpoint: Callable[[], None] | None = None):
+                 log_every: int = 0, on_checkpoint: Callable[[], None] | None = None, evaluate_first: bool = False):
         self.model, self.phase, self.method, self.objective = model, phase, method, objective
         self.batches, self.eval_batches, self.device = batches, eval_batches, device
         self.force_mode, self.progress, self.meta, self.log_every = force_mode, progress, meta or {}, log_every
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.on_checkpoint = on_checkpoint
+        self.evaluate_first = evaluate_first
         self.steps_per_epoch = max(len(batches), 1)
         self.total_steps = phase.total_steps(self.steps_per_epoch)
         self.optimizer = build_optimizer(model, phase)
@@ -237,6 +240,10 @@ class Trainer:
 
     def fit(self) -> list[dict[str, Any]]:
         """Train the remaining epochs of the phase; return the per-epoch history."""
+        if self.evaluate_first and not self.history:
+            result = evaluate(self.model, self.eval_batches, self.objective)
+            self.history.append({"phase": "start", "epoch": 0, "steps": 0, "eval_acc": result.accuracy,
+                                 "eval_loss": result.loss, "wall_s": 0.0})
         while self.step < self.total_steps:
             record = self.train_epoch()
             self.epoch += 1
@@ -262,7 +269,7 @@ class Trainer:
         self.batches.set_epoch(self.epoch)
         steps = min(self.steps_per_epoch, self.total_steps - self.step)
         loss_sum = penalty_sum = 0.0
-        correct = seen = samples = 0
+        correct = seen = samples = tokens = 0
         curve: list[list[float]] = []
         bar = tqdm(total=steps, desc=f"{self.phase.name} {self.epoch + 1}/{self.epochs}", leave=False,
                    dynamic_ncols=True, disable=not self.progress)
@@ -301,17 +308,19 @@ class Trainer:
             correct += int((logits.argmax(-1)[keep] == labels[keep]).sum())
             seen += n
             samples += len(labels)
+            tokens += n if labels.dim() > 1 else 0
             if self.log_every and (self.step % self.log_every == 0 or i == steps - 1):
                 curve.append([self.step, float(task_loss.detach()), float(self._current_penalty(penalty)), self._units_zero()])
             bar.update(1)
             if self.progress and (i % refresh == 0 or i == steps - 1):
-                bar.set_postfix(self._postfix(loss_sum, correct, seen, samples, started), refresh=False)
+                bar.set_postfix(self._postfix(loss_sum, correct, seen, samples, tokens, started), refresh=False)
         bar.close()
         record: dict[str, Any] = {
             "phase": self.phase.name, "epoch": self.epoch + 1, "steps": self.step,
             "train_loss": loss_sum / max(seen, 1), "penalty": penalty_sum / max(seen, 1),
             "train_acc": 100.0 * correct / max(seen, 1), "lr": first_lr,
             "samples_per_s": samples / max(time.perf_counter() - started, 1e-9),
+            **({"tokens_per_s": tokens / max(time.perf_counter() - started, 1e-9)} if tokens else {}),
         }
         if curve:
             record["curve"] = curve
@@ -321,8 +330,8 @@ class Trainer:
             record.update(macs_if_pruned=int(summary["macs_if_pruned"]), params_if_pruned=int(summary["params_if_pruned"]),
                           units_zero=int(summary["units_zero"]), units_total=int(summary["units_total"]),
                           norms=unit_norms(self.method))
-        record["eval_acc"] = evaluate(self.model, self.eval_batches, self.objective).accuracy
-        record["wall_s"] = time.perf_counter() - started
+        result = evaluate(self.model, self.eval_batches, self.objective)
+        record.update(eval_acc=result.accuracy, eval_loss=result.loss, wall_s=time.perf_counter() - started)
         return record
 
     def _current_penalty(self, penalty: torch.Tensor) -> torch.Tensor:
@@ -335,9 +344,12 @@ class Trainer:
     def _units_zero(self) -> int:
         return int(getattr(self.method, "units_captured", 0))
 
-    def _postfix(self, loss_sum: float, correct: int, seen: int, samples: int, started: float) -> dict:
+    def _postfix(self, loss_sum: float, correct: int, seen: int, samples: int, tokens: int, started: float) -> dict:
+        elapsed = max(time.perf_counter() - started, 1e-9)
         postfix = {"loss": f"{loss_sum / max(seen, 1):.4f}", "acc": f"{100 * correct / max(seen, 1):.2f}%",
-                   "samples/s": f"{samples / max(time.perf_counter() - started, 1e-9):.0f}"}
+                   "samples/s": f"{samples / elapsed:.1f}"}
+        if tokens:
+            postfix["tokens/s"] = f"{tokens / elapsed:.0f}"
         if self.method is not None:
             postfix["MACs"] = format_macs(self.method.summary()["macs_if_pruned"])
         return postfix

@@ -7,7 +7,9 @@ loads its data and models and knows its objective and recipes. The pipeline
 ``formatted(model)``, ``latency_inputs()``, ``latency_settings()``, ``describe(model)``,
 ``save(model, method, path)``, ``load(path)`` and the attributes ``train_batches``,
 ``eval_batches``, ``extra_evals``, ``example_inputs``, ``calibration_inputs``, ``eval_split``,
-``dataset_note``, ``device``.
+``dataset_note``, ``device``; optionally ``facts()`` (report entries), ``targets(model)`` (the
+budget as the pruner takes it), ``compare(dense, pruned)`` (side-by-side extras, e.g.
+generations) and ``perplexity = True`` (report ``ppl_*`` beside the accuracies).
 
 To add a task: write its config (a :class:`~forceprune.runs.config.RunConfig` subclass) and
 adapter, and add them to :data:`TASKS`.
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import DEFAULT_TASK, ConfigError, RunConfig, apply_override, read_toml, unknown_name
+from .lm import LMConfig, LMTask
 from .text import TextConfig, TextTask
 from .vision import VisionConfig, VisionTask
 
@@ -25,6 +28,7 @@ from .vision import VisionConfig, VisionTask
 TASKS: dict[str, tuple[type[RunConfig], type]] = {
     VisionConfig.task_name: (VisionConfig, VisionTask),
     TextConfig.task_name: (TextConfig, TextTask),
+    LMConfig.task_name: (LMConfig, LMTask),
 }
 
 

@@ -1,0 +1,30 @@
+"""The budget's plan on synthetic numbers: which units must go, and the scale that zeroes them in time."""
+import pytest
+import torch
+
+from forceprune.budget_plan import must_go, needed_scale
+
+
+def test_must_go_takes_captured_units_then_the_weakest_by_score():
+    scores = [torch.tensor([3.0, 1.0, 2.0, 4.0]), torch.tensor([0.5, 5.0])]
+    costs = [10.0, 30.0]  # dense cost 4 * 10 + 2 * 30 = 100
+    dead = [torch.tensor([False, False, False, True]), torch.zeros(2, dtype=torch.bool)]
+    go = must_go(scores, costs, 100.0, target=0.45, dead=dead)  # remove >= 55: the dead unit (10), then 0.5 (30), 1.0 (10), 2.0 (10)
+    assert go[0].tolist() == [False, True, True, True] and go[1].tolist() == [True, False]
+
+
+def test_every_set_keeps_min_width():
+    go = must_go([torch.tensor([1.0, 2.0])], [1.0], 2.0, target=0.01, dead=[torch.zeros(2, dtype=torch.bool)], min_width=1)
+    assert go[0].tolist() == [True, False]
+
+
+def test_needed_scale_zeroes_the_slowest_unit_that_must_go_in_time():
+    norms = [torch.tensor([1.0, 4.0, 9.0])]
+    shrink = [torch.tensor([0.1, 0.2, 0.3])]  # steps to zero at scale 1: 10, 20, 30
+    go = [torch.tensor([True, True, False])]
+    dead = [torch.zeros(3, dtype=torch.bool)]
+    assert needed_scale(norms, shrink, go, dead, steps_left=5, safety=1.0) == pytest.approx(20 / 5)
+    assert needed_scale(norms, shrink, go, dead, steps_left=5, safety=2.0) == pytest.approx(8.0)
+    assert needed_scale(norms, shrink, [torch.zeros(3, dtype=torch.bool)], dead, 5) is None
+    assert needed_scale(norms, [torch.tensor([0.0, 0.2, 0.3])], go, dead, 5) is None, "a unit the force cannot move"
+    assert needed_scale(norms, shrink, go, dead, steps_left=0) is None
