@@ -49,7 +49,8 @@ class Budget:
         warmup: fraction of training before the force starts to ramp.
         reach: fraction of training by which the target should be met.
         every: steps between controller updates (each costs one MACs/params preview); 0 =
-            automatic, about 100 updates over training (at least every 10 steps).
+            automatic: about 100 updates over training, at least every 10 steps, and at least 50
+            updates on a short schedule.
         gain: how strongly the scale reacts to the gap (per update, in log units).
         min_width: floor on every unit set's kept width.
         round_to: kept widths are rounded up to a multiple of this (hardware alignment).
@@ -95,8 +96,8 @@ class Budget:
             raise ForcePruneError(f"need 0 <= warmup < reach <= 1, got warmup={self.warmup}, reach={self.reach}.")
         if not isinstance(self.every, int) or self.every < 0:
             raise ForcePruneError(f"every must be an int >= 0 (0 = automatic), got {self.every!r}.")
-        if self.every == 0:
-            object.__setattr__(self, "every", max(10, self.total_steps // 100))
+        if self.every == 0:  # ~100 updates over training, at least every 10 steps, and >= 50 on short schedules
+            object.__setattr__(self, "every", max(1, min(max(10, self.total_steps // 100), self.total_steps // 50)))
         if not (self.gain > 0 and math.isfinite(self.gain)):
             raise ForcePruneError(f"gain must be > 0, got {self.gain!r}.")
         for name in ("min_width", "round_to"):
@@ -129,9 +130,15 @@ class BudgetController:
     reached: bool = False
     last_fraction: float = 1.0
     updates: int = 0
+    planned: bool = False  # the scale was calibrated from the plan (the first update after warm-up)
 
-    def update(self, step: int, fraction: float) -> float:
-        """Feed the measured kept ``fraction`` at ``step``; returns the new force scale."""
+    def update(self, step: int, fraction: float, needed: float | None = None) -> float:
+        """Feed the measured kept ``fraction`` at ``step``; returns the new force scale.
+
+        ``needed`` (optional) is the scale that would zero, in the steps left before ``reach``,
+        every unit that must go (:mod:`forceprune.budget_plan`): the first update after the
+        warm-up *starts* from it -- so the starting ``beta`` does not matter -- and later ones
+        never fall below it, so a short schedule is met with exact zeros."""
         self.last_fraction = fraction
         self.updates += 1
         target = self.budget.target
@@ -146,17 +153,23 @@ class BudgetController:
         plan = self.budget.planned(progress)
         factor = math.exp(self.budget.gain * math.log(max(fraction, 1e-12) / plan))
         ceiling = 2.0 if fraction > 1.5 * plan else 1.25
-        self.scale = min(max(self.scale * min(max(factor, self.floor), ceiling), 1e-4), 1e4)
+        if needed is not None and not self.planned:
+            self.scale, self.planned = needed, True
+        self.scale = self.scale * min(max(factor, self.floor), ceiling)
+        if needed is not None:
+            self.scale = max(self.scale, needed)
+        self.scale = min(max(self.scale, 1e-6), 1e6)
         return self.scale
-
     def state_dict(self) -> dict:
-        return {"scale": self.scale, "reached": self.reached, "last_fraction": self.last_fraction, "updates": self.updates}
+        return {"scale": self.scale, "reached": self.reached, "last_fraction": self.last_fraction, "updates": self.updates,
+                "planned": self.planned}
 
     def load_state_dict(self, state: dict) -> None:
         self.scale = float(state["scale"])
         self.reached = bool(state["reached"])
         self.last_fraction = float(state["last_fraction"])
         self.updates = int(state["updates"])
+        self.planned = bool(state.get("planned", False))
 
     def describe(self) -> dict:
         return {**asdict(self.budget), **self.state_dict()}

@@ -14,6 +14,7 @@ surgery and its report to ``removal``.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import torch
@@ -21,6 +22,7 @@ import torch.nn as nn
 
 from ._torch import model_device, to_device
 from .budget import Budget, BudgetController, target_of
+from .budget_plan import must_go, needed_scale
 from .budget_selection import capture_within_budget, equalize, uniform_classes
 from .capture import CAPTURE_MODES, apply_captures, build_masks, clip_elements, enforce_zeros, find_captures
 from .errors import ForcePruneError, NonFiniteError
@@ -30,7 +32,7 @@ from .metrics import count_macs_params
 from .preview import counts_if_removed, floor_masks, pruned_copy
 from .proximal import proximal_force_step
 from .removal import keep_one, plan_removal, remove, removable_units
-from .scoring import cost_weights, force_field, prox_bounds, scores, signs
+from .scoring import cost_weights, force_field, prox_bounds, scores, signs, step_shrink, unit_costs
 from .report import PruneReport
 from .units import UNIT_KINDS, build_unit_sets
 
@@ -120,6 +122,8 @@ class ForcePruner:
         self.latency_model = None
         self._summary_cache: tuple | None = None
         self._counts_now: tuple[int, int] | None = None
+        self._unit_costs: list[float] | None = None
+        self._proximal = False
         self._calls = 0
         self.uniform = bool((budget or {}).get("uniform", False))
         self._rebuild()
@@ -194,6 +198,13 @@ class ForcePruner:
                 f"min_width={budget.min_width} unit(s) per unit set has {floor:.3f} of the dense {metric}. "
                 "Raise the target, lower min_width, or prune more layers (check ignored_layers)."
             )
+        updates = int((budget.reach - budget.warmup) * budget.total_steps / budget.every)
+        if updates < 3:
+            warnings.warn(
+                f"the schedule is too short for the budget controller: only {updates} budget update(s) between the "
+                f"warm-up and reach={budget.reach} of total_steps={budget.total_steps} (every {budget.every} steps); the "
+                "target will likely be met by cutting non-zero units at removal. Train for more steps, or raise "
+                "budget.reach / lower budget.warmup.", stacklevel=3)
         return BudgetController(budget)
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -234,6 +245,7 @@ class ForcePruner:
             if self.optimizer is None:
                 raise ForcePruneError("proximal_step() needs lr= or an optimizer: call pruner.attach_optimizer(optimizer) first.")
             lr = float(self.optimizer.param_groups[0]["lr"])
+        self._proximal = True
         proximal_force_step(self.force, self.unit_sets, self._set_weights, self.scale, float(lr))
 
     def step(self) -> None:
@@ -250,7 +262,25 @@ class ForcePruner:
         if (due or update) and not frozen:
             self.capture()
         if update:
-            self.controller.update(self.steps, self.kept_fraction())
+            self.controller.update(self.steps, self.kept_fraction(), self._needed_scale())
+
+    def _needed_scale(self) -> float | None:
+        """The scale that zeroes, before the budget's ``reach``, the units its target needs gone
+        (:func:`forceprune.budget_plan.needed_scale`); None when the rate is unknown."""
+        budget = self.controller.budget
+        rates = step_shrink(self.force, self.unit_sets, self._set_weights, self.optimizer, self._proximal)
+        if rates is None or budget.metric == "latency":
+            return None
+        left = int(budget.reach * budget.total_steps) - self.steps
+        left = left if left > 0 else budget.total_steps - self.steps
+        if self._unit_costs is None:
+            self._unit_costs = (unit_costs(self.model, self.unit_sets, self._inputs()) if budget.metric == "macs"
+                                else [float(us.numel("all").mean()) for us in self.unit_sets])
+        dense = self.macs_dense if budget.metric == "macs" else self.params_dense
+        dead = [us.dead for us in self.unit_sets]
+        go = must_go([scores(self.force, us) for us in self.unit_sets], self._unit_costs, dense, budget.target, dead,
+                     budget.min_width)
+        return needed_scale(rates[0], rates[1], go, dead, left)
 
     def capture(self) -> int:
         """Capture now: returns how many units became exactly zero (none once a budget is met)."""
@@ -368,7 +398,7 @@ class ForcePruner:
         for us in self.unit_sets:
             us.dead = torch.zeros(0, dtype=torch.bool)  # stale after surgery; _rebuild() resets
         self._rebuild(allow_empty=True)
-        self._summary_cache = self._counts_now = None
+        self._summary_cache = self._counts_now = self._unit_costs = None
         return report
 
     # -- state -------------------------------------------------------------------------------------

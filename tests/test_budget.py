@@ -198,3 +198,57 @@ def test_selection_policy_on_synthetic_costs():
     removes, notes = complete_budget(none, scores, fraction, Budget(target=0.5, total_steps=10, min_width=2, round_to=2))
     assert fraction(removes) <= 0.5 * 1.03 and notes and "weakest non-zero" in notes[0]
     assert all(int((~r).sum()) >= 2 and int((~r).sum()) % 2 == 0 for r in removes)
+
+
+def _short_run(name: str, beta: float, steps: int = 60, optimizer: str = "sgd"):
+    """``steps`` optimizer steps of a zoo model toward half its MACs; the prune report."""
+    import zoo
+
+    model, x = zoo.build(name)
+    torch.manual_seed(0)
+    batch = x.repeat(4, *([1] * (x.dim() - 1)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9) if optimizer == "sgd" \
+        else torch.optim.AdamW(model.parameters(), lr=1e-3)
+    pruner = fp.ForcePruner(model, x, "etp", beta=beta, target_macs=0.5, total_steps=steps, optimizer=opt)
+    for _ in range(steps):
+        loss = model(batch).pow(2).mean() + (pruner.penalty() if optimizer == "sgd" else 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if optimizer != "sgd":
+            pruner.proximal_step()
+        pruner.step()
+    return pruner.prune()
+
+
+@pytest.mark.parametrize("name", ["plain_cnn", "residual", "dense_concat", "inverted_residual", "mlp", "transformer_block"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_60_step_schedule_meets_the_target_with_exact_zeros(name, optimizer):
+    """The controller plans from the unit norms and the step size: 60 steps are enough (the
+    clipped feedback alone met none of these: it can only grow the force ~x1.25 per update)."""
+    report = _short_run(name, beta=1e-3, optimizer=optimizer)
+    assert not any("budget:" in w for w in report.warnings), "no non-zero unit had to be cut"
+    assert report.max_output_error < 1e-5
+    assert 0.4 <= report.macs_after / report.macs_before <= 0.5
+
+
+def test_the_starting_beta_does_not_matter():
+    """Betas over 1000x reach the same kept fraction, with exact zeros."""
+    fractions = []
+    for beta in (1e-5, 1e-3, 1e-2):
+        report = _short_run("mlp", beta=beta)
+        assert not any("budget:" in w for w in report.warnings) and report.max_output_error < 1e-5, beta
+        fractions.append(report.macs_after / report.macs_before)
+    assert max(fractions) - min(fractions) < 0.05
+
+
+def test_the_plan_calibrates_the_first_update_then_is_a_floor():
+    c = BudgetController(Budget(target=0.1, total_steps=100, warmup=0.0, reach=1.0))
+    # at 10 % the plan is 0.1**0.1 = 0.79: behind it by 1/0.79 = 1.26, clipped to x1.25
+    assert c.update(10, 1.0, needed=0.01) == pytest.approx(0.01 * 1.25), "started from the plan, then the feedback"
+    assert c.update(20, 1.0, needed=5.0) == pytest.approx(5.0), "never below the plan"
+
+
+def test_a_schedule_too_short_for_the_controller_is_announced():
+    with pytest.warns(UserWarning, match="only 1 budget update"):
+        fp.ForcePruner(WideMLP(), torch.randn(1, 16), target_macs=0.5, total_steps=2)
