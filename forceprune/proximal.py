@@ -28,22 +28,25 @@ from .units import UnitSet
 
 @torch.no_grad()
 def proximal_force_step(force: Force, unit_sets: list[UnitSet], set_weights: list[float], scale: float,
-                        lr: float) -> None:
+                        lr: float, masks: list[torch.Tensor] | None = None) -> None:
     """Shrink every unit in place by the proximal operator of its force term for step size
     ``lr``, with the force scaled by ``scale`` (the budget controller's multiplier) and each unit
-    set's penalty by its cost weight (see the module doc)."""
+    set's penalty by its cost weight (see the module doc); ``masks`` (optional, ``(G,)`` per
+    set) multiply each unit's profile (0 spares a unit)."""
     f = force
     if f.norm not in ("l2", "l1"):
         raise ForcePruneError(f"the proximal force step needs norm 'l2' or 'l1', got {f.norm!r}; pass norm='l2'.")
     if scale == 0.0 or f.beta == 0.0 or lr == 0.0:
         return
-    for us, weight in zip(unit_sets, set_weights):
+    for k, (us, weight) in enumerate(zip(unit_sets, set_weights)):
         slices = us.select(f.include)
         if not slices:
             continue
         norms = us.unit_sums(f.include, f.power).detach().float()
         norms = norms.sqrt() if f.norm == "l2" else norms
         phi = unit_profile(f, us, norms)[1].clamp_min(0).to(norms.device)
+        if masks is not None:
+            phi = phi * masks[k].to(phi.device, phi.dtype)
         step = lr * scale * f.beta * float(weight) * phi
         if f.norm == "l2":
             step = step * us.numel(f.include).to(norms.device).sqrt()

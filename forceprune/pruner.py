@@ -73,6 +73,9 @@ class ForcePruner:
             width per kind of unit set across layers).
         optimizer: the training optimizer (recommended): its step size sets the proximal
             capture bound, and its momentum/Adam state of captured units is cleared too.
+        spare_keepers: with a budget, push only the units its target needs gone (the weakest by
+            force-weighted score, re-chosen at every controller update); the units that will be
+            kept feel no force, so training is not spent shrinking them.
         kinds: prune only unit sets of these kinds (:data:`~forceprune.units.UNIT_KINDS`:
             ``"channel"``, ``"head"``, ``"kv_group"``, ``"neuron"``, ``"hidden"``, ``"group"``),
             e.g. ``("head", "kv_group", "neuron")`` for a decoder's attention and FFN only.
@@ -99,6 +102,7 @@ class ForcePruner:
         optimizer: torch.optim.Optimizer | None = None,
         ignore_output_layers: bool = True,
         kinds: Sequence[str] | None = None,
+        spare_keepers: bool = False,
         **force_options,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -124,6 +128,8 @@ class ForcePruner:
         self._counts_now: tuple[int, int] | None = None
         self._unit_costs: list[float] | None = None
         self._proximal = False
+        self.spare_keepers = bool(spare_keepers)
+        self._force_masks: list[torch.Tensor] | None = None  # with spare_keepers: 1 = pushed, 0 = spared
         self._calls = 0
         self.uniform = bool((budget or {}).get("uniform", False))
         self._rebuild()
@@ -223,9 +229,10 @@ class ForcePruner:
         if self.scale == 0.0:
             return torch.zeros((), device=model_device(self.model))
         total = torch.zeros((), device=model_device(self.model))
-        for us, weight in zip(self.unit_sets, self._set_weights):
+        for k, (us, weight) in enumerate(zip(self.unit_sets, self._set_weights)):
             sums = us.unit_sums(self.force.include, self.force.power)
-            total = total + weight * self.force.penalty(sums, signs(self.force, us))
+            mask = self._force_masks[k] if self._force_masks is not None else None
+            total = total + weight * self.force.penalty(sums, signs(self.force, us), mask)
         if not torch.isfinite(total):
             raise NonFiniteError(
                 "the force penalty is NaN/Inf: the weights have diverged. Lower the learning rate or beta, "
@@ -246,7 +253,7 @@ class ForcePruner:
                 raise ForcePruneError("proximal_step() needs lr= or an optimizer: call pruner.attach_optimizer(optimizer) first.")
             lr = float(self.optimizer.param_groups[0]["lr"])
         self._proximal = True
-        proximal_force_step(self.force, self.unit_sets, self._set_weights, self.scale, float(lr))
+        proximal_force_step(self.force, self.unit_sets, self._set_weights, self.scale, float(lr), self._force_masks)
 
     def step(self) -> None:
         """Call after every ``optimizer.step()``: re-zero captured units; capture new ones
@@ -266,13 +273,11 @@ class ForcePruner:
 
     def _needed_scale(self) -> float | None:
         """The scale that zeroes, before the budget's ``reach``, the units its target needs gone
-        (:func:`forceprune.budget_plan.needed_scale`); None when the rate is unknown."""
+        (:func:`forceprune.budget_plan.needed_scale`); None when the rate is unknown. With
+        ``spare_keepers`` the force is pointed at those units only."""
         budget = self.controller.budget
-        rates = step_shrink(self.force, self.unit_sets, self._set_weights, self.optimizer, self._proximal)
-        if rates is None or budget.metric == "latency":
+        if budget.metric == "latency":
             return None
-        left = int(budget.reach * budget.total_steps) - self.steps
-        left = left if left > 0 else budget.total_steps - self.steps
         if self._unit_costs is None:
             self._unit_costs = (unit_costs(self.model, self.unit_sets, self._inputs()) if budget.metric == "macs"
                                 else [float(us.numel("all").mean()) for us in self.unit_sets])
@@ -280,7 +285,13 @@ class ForcePruner:
         dead = [us.dead for us in self.unit_sets]
         go = must_go([scores(self.force, us) for us in self.unit_sets], self._unit_costs, dense, budget.target, dead,
                      budget.min_width)
-        return needed_scale(rates[0], rates[1], go, dead, left)
+        if self.spare_keepers:
+            self._force_masks = [g.float() for g in go]
+        rates = step_shrink(self.force, self.unit_sets, self._set_weights, self.optimizer, self._proximal)
+        if rates is None:
+            return None
+        left = int(budget.reach * budget.total_steps) - self.steps
+        return needed_scale(rates[0], rates[1], go, dead, left if left > 0 else budget.total_steps - self.steps)
 
     def capture(self) -> int:
         """Capture now: returns how many units became exactly zero (none once a budget is met)."""
@@ -398,7 +409,7 @@ class ForcePruner:
         for us in self.unit_sets:
             us.dead = torch.zeros(0, dtype=torch.bool)  # stale after surgery; _rebuild() resets
         self._rebuild(allow_empty=True)
-        self._summary_cache = self._counts_now = self._unit_costs = None
+        self._summary_cache = self._counts_now = self._unit_costs = self._force_masks = None
         return report
 
     # -- state -------------------------------------------------------------------------------------
