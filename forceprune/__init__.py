@@ -9,6 +9,7 @@
 from . import forces
 from . import attention  # noqa: F401  (registers the attention-head / FFN-neuron unit provider)
 from .errors import ForcePruneError, NonFiniteError, UnknownForceError
+from .removal import LossyRemovalError
 from .metrics import count_macs_params, layer_macs, measure_latency
 from .pruner import ForcePruner
 from .report import PruneReport
@@ -26,6 +27,7 @@ __all__ = [
     "ForcePruneError",
     "NonFiniteError",
     "UnknownForceError",
+    "LossyRemovalError",
     "count_macs_params",
     "layer_macs",
     "measure_latency",
