@@ -15,7 +15,11 @@ pipeline drive: ``penalty()``, ``step()``, ``capture()`` (epoch end), ``attach_o
   after training, keep in each unit set the units with the largest Torch-Pruning
   ``GroupMagnitudeImportance`` (group L2 norm over every coupled layer, summed over a head's
   channels) down to given widths -- forceprune's unit sets, so heads and FFN neurons of
-  transformers too, and the same surgery as the force methods.
+  transformers too, and the same surgery as the force methods. With one width for every layer
+  it is Torch-Pruning's LLM recipe (magnitude, uniform widths).
+* :class:`WandaSp` (``force = "wanda-sp"``): one-shot structured Wanda: units ranked by
+  ``|W| x ||X||`` of the weights that read them, from calibration activations, down to given
+  widths -- the activation-aware thing a user would try first on a language model.
 
 * :class:`FisherSearch` (``force = "fisher-search"``): no training-time force; after training,
   Kwon et al. 2022's post-training mask search from the Fisher information of unit masks on
@@ -38,11 +42,12 @@ from .errors import ForcePruneError
 from .metrics import count_macs_params
 from .removal import RemovalPlan, remove
 from .report import PruneReport
-from .units import build_unit_sets
+from .units import CONSUMER, build_unit_sets
 
 METHODS = ("tp_l1", "tp_group_norm")
 GROUP_NORM = "tp-group-norm"
 FISHER = "fisher-search"
+WANDA = "wanda-sp"
 
 
 class _NoForce:
@@ -136,15 +141,18 @@ class TorchPruningMethod(_NoForce):
                            warnings=[f"{self.method}: {steps} progressive Torch-Pruning steps (not lossless)"])
 
 
-class GroupNormWidths(_NoForce):
-    """Torch-Pruning's group-magnitude ranking down to given widths, on forceprune's unit sets.
+class _RankedWidths(_NoForce):
+    """No regularisation; after training, keep in each unit set the ``widths`` highest-scoring
+    units (``scores(us)``, one number per unit) and remove the rest with forceprune's surgery.
 
     Args:
         model, example_inputs: as for ``ForcePruner``.
         widths: ``{unit set name: units kept}`` (sets not named keep every unit).
         ignored_layers, ignore_output_layers: as for ``ForcePruner``.
-        kinds: keep only unit sets of these kinds (``"head"``, ``"neuron"``, ``"channel"``).
+        kinds: keep only unit sets of these kinds (``"head"``, ``"neuron"``, ``"channel"``, ...).
     """
+
+    mode = ""
 
     def __init__(self, model: nn.Module, example_inputs, widths: dict[str, int], ignored_layers: Sequence[nn.Module] = (),
                  ignore_output_layers: bool = True, kinds: Sequence[str] | None = None):
@@ -165,11 +173,8 @@ class GroupNormWidths(_NoForce):
                 "params_dense": self.params_dense, "macs_if_pruned": self.macs_dense, "params_if_pruned": self.params_dense}
 
     def scores(self, us) -> torch.Tensor:
-        """``(G,)`` Torch-Pruning group L2 magnitude of each unit (summed over its channels)."""
-        importance = tp.importance.GroupMagnitudeImportance(p=2)
-        group = self.graph.get_pruning_group(us.root, us.root_fn, list(range(us.size * us.channels_per_unit)))
-        with torch.no_grad(), eval_mode(self.model):
-            return importance(group).float().cpu().view(us.size, us.channels_per_unit).sum(1)
+        """``(G,)`` importance of each unit of ``us`` (higher = kept first)."""
+        raise NotImplementedError
 
     def prune(self, widths=None, tolerance: float = 0.0, calibration_inputs=None) -> PruneReport:
         """Keep the ``widths`` strongest units of each named set; report the change (not lossless)."""
@@ -183,9 +188,87 @@ class GroupNormWidths(_NoForce):
             rem[torch.argsort(self.scores(us), descending=True, stable=True)[: max(1, k)]] = False
             plans.append(RemovalPlan(us, rem, torch.zeros(us.size, dtype=torch.bool)))
         calib = self.example_inputs if calibration_inputs is None else calibration_inputs
-        report = remove(self.model, self.graph, plans, self.example_inputs, calib, mode=GROUP_NORM)
+        report = remove(self.model, self.graph, plans, self.example_inputs, calib, mode=self.mode)
         self.history.append(report)
         return report
+
+
+class GroupNormWidths(_RankedWidths):
+    """Torch-Pruning's group-magnitude ranking down to given widths, on forceprune's unit sets:
+    a unit's score is Torch-Pruning's ``GroupMagnitudeImportance(p=2)`` (group L2 norm over
+    every coupled layer) summed over its channels. With the same width in every layer this is
+    Torch-Pruning's LLM recipe (magnitude, uniform widths). Arguments as :class:`_RankedWidths`."""
+
+    mode = GROUP_NORM
+
+    def scores(self, us) -> torch.Tensor:
+        importance = tp.importance.GroupMagnitudeImportance(p=2)
+        group = self.graph.get_pruning_group(us.root, us.root_fn, list(range(us.size * us.channels_per_unit)))
+        with torch.no_grad(), eval_mode(self.model):
+            return importance(group).float().cpu().view(us.size, us.channels_per_unit).sum(1)
+
+
+class WandaSp(_RankedWidths):
+    """Structured Wanda ("Wanda-sp", An et al. 2024, FLAP's baseline): one-shot, no training.
+    A unit's score is ``sum |W_ij| * ||X_j||_2`` over the weights that *read* its channels (the
+    columns of the next layer: ``o_proj`` for a head, ``down_proj`` for an FFN neuron), with
+    ``||X_j||_2`` the L2 norm of input channel ``j`` over every calibration token.
+
+    Args:
+        calibration: batches to measure the input norms on (e.g. training batches).
+        run_batch: ``run_batch(model, batch)`` runs the model forward on a batch.
+        max_batches: calibration batches used (Wanda uses 128 sequences).
+        the rest: as :class:`_RankedWidths`.
+    """
+
+    mode = WANDA
+
+    def __init__(self, model: nn.Module, example_inputs, widths: dict[str, int], calibration, run_batch,
+                 max_batches: int = 32, **options):
+        super().__init__(model, example_inputs, widths, **options)
+        self.calibration, self.run_batch, self.max_batches = calibration, run_batch, int(max_batches)
+        self._norms: dict[int, torch.Tensor] | None = None
+
+    def input_norms(self) -> dict[int, torch.Tensor]:
+        """``{id(module): (in_channels,) L2 norm of each input channel}`` for every layer that
+        reads a unit set's channels, over the calibration batches (eval mode, no grad)."""
+        readers = {id(s.module): s.module for us in self.unit_sets for s in us.slices if s.role == CONSUMER}
+        sums: dict[int, torch.Tensor] = {}
+
+        def hook(module, args):
+            x = args[0].detach().double()
+            x = x.movedim(1, -1) if isinstance(module, nn.modules.conv._ConvNd) else x  # channels last
+            sq = (x * x).reshape(-1, x.shape[-1]).sum(0).cpu()
+            sums[id(module)] = sums.get(id(module), 0) + sq
+
+        handles = [m.register_forward_pre_hook(hook) for m in readers.values()]
+        try:
+            with torch.no_grad(), eval_mode(self.model):
+                for i, batch in enumerate(self.calibration):
+                    if i >= self.max_batches:
+                        break
+                    self.run_batch(self.model, batch)
+        finally:
+            for h in handles:
+                h.remove()
+        if not sums:
+            raise ForcePruneError(f"{WANDA}: the calibration batches ran no layer that reads a unit set; "
+                                  "pass training batches that run the model.")
+        return {k: v.sqrt() for k, v in sums.items()}
+
+    def scores(self, us) -> torch.Tensor:
+        if self._norms is None:
+            self._norms = self.input_norms()
+        out = torch.zeros(us.size, dtype=torch.float64)
+        readers = [s for s in us.slices if s.role == CONSUMER and id(s.module) in self._norms]
+        if not readers:
+            raise ForcePruneError(f"{WANDA}: no layer reads unit set {us.name!r}, so it has no activation-aware score; "
+                                  "leave it out of widths (or of kinds).")
+        with torch.no_grad():
+            for s in readers:
+                per_position = s.elements().detach().abs().double().sum(1).cpu() * self._norms[id(s.module)][s.index.cpu()]
+                out.index_add_(0, s.unit.cpu(), per_position)
+        return out.float()
 
 
 class FisherSearch(_NoForce):

@@ -228,9 +228,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .runs import evaluate_run
 
     result = evaluate_run(args.run_dir, args.data_dir)
-    _print_table(f"forceprune eval: {args.run_dir}", [
-        (f"{result['eval_split'].capitalize()} accuracy (top-1)", f"{result['accuracy']:.2f} %"),
-        (f"{result['eval_split'].capitalize()} samples", f"{result['count']:,}"),
+    split = result["eval_split"].replace("_", " ").capitalize()
+    rows = [(f"{split} perplexity", f"{result['perplexity']:.3f}")] if "perplexity" in result else []
+    _print_table(f"forceprune eval: {args.run_dir}", rows + [
+        (f"{split} accuracy (top-1)", f"{result['accuracy']:.2f} %"),
+        (f"{split} {'tokens' if 'perplexity' in result else 'samples'}", f"{result['count']:,}"),
         ("MACs per sample", f"{result['macs']:,}"), ("Parameters", f"{result['params']:,}")], "")
     return 0
 

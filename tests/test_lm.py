@@ -104,6 +104,9 @@ def test_a_language_model_is_pruned_end_to_end_with_a_target_and_distillation(lm
     assert set(report["comparison"]["decode_tokens_per_s"]) == {"dense", "pruned"}
     saved = json.loads((root / "run" / "report.json").read_text())
     assert saved["ppl_final"] == report["ppl_final"]
+    from forceprune.runs import evaluate_run
+
+    assert evaluate_run(root / "run")["perplexity"] == pytest.approx(report["ppl_final"], rel=1e-9), "reloads bit-identical"
 
 
 def test_killed_then_resumed_matches(lm_files, monkeypatch):
@@ -156,3 +159,39 @@ def test_a_tokenizer_that_does_not_belong_to_the_model_is_refused(lm_files):
                                  intermediate_size=8, vocab_size=8)).save_pretrained(str(model))
     with pytest.raises(ForcePruneError, match="do not belong together"):
         load_causal_lm(model)
+
+
+@pytest.mark.parametrize("force, kv, ffn", [("wanda-sp", [2, 1], [40, 60]), ("tp-group-norm", [2, 2], [50, 50])])
+def test_one_shot_baselines_prune_the_pretrained_model_to_given_widths(lm_files, force, kv, ffn):
+    """epochs = 0: the pretrained model is scored and pruned at once, then recovers (distilled);
+    the saved model reloads to the same perplexity, and with one width per layer (Torch-Pruning's
+    LLM recipe) its Hugging Face folder loads with from_pretrained alone."""
+    from transformers import AutoModelForCausalLM
+
+    from forceprune.integrations.transformers import load_pruned_pretrained
+    from forceprune.runs import evaluate_run
+
+    root, model = lm_files
+    widths = {**{f"model.layers.{i}.self_attn": k for i, k in enumerate(kv)},
+              **{f"model.layers.{i}.mlp.up_proj": k for i, k in enumerate(ffn)}}
+    config = _config(root, model, force=force, epochs=0.0, widths=widths, prune_kinds=["kv_group", "neuron"],
+                     force_options={}, distill={"alpha": 0.5, "temperature": 2.0})
+    report = run(config, progress=False)
+    assert [r["phase"] for r in report["history"]] == ["start", "finetune"], "no training before the pruning"
+    assert report["kv_heads_after"] == kv and report["ffn_after"] == ffn
+    assert report["query_heads_after"] == [3 * k for k in kv], "a key-value group goes with its 3 query heads"
+    assert report["ppl_dense"] == pytest.approx(report["ppl_before_removal"]), "nothing trained before the cut"
+    assert report["ppl_after_removal"] != pytest.approx(report["ppl_before_removal"]), "a one-shot cut is not lossless"
+    assert evaluate_run(root / "run")["perplexity"] == pytest.approx(report["ppl_final"], rel=1e-9)
+
+    folder = root / "run" / "model"
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    pruned = load_pruned_pretrained(folder)
+    if kv[0] == kv[1] and ffn[0] == ffn[1]:
+        plain = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+        assert torch.equal(plain(ids).logits, pruned(ids).logits)
+        assert plain.config.num_key_value_heads == kv[0] and plain.config.intermediate_size == ffn[0]
+    else:
+        assert pruned.model.layers[1].mlp.up_proj.out_features == ffn[1]
+    with pytest.raises(ForcePruneError, match="must be in \\(0"):
+        run(_config(root, model, epochs=0.0), progress=False)  # a force needs training

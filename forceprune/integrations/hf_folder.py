@@ -136,6 +136,30 @@ def save_pruned_pretrained(model: nn.Module, path, reports: PruneReport | dict |
     return Path(path)
 
 
+def save_model_folder(model: nn.Module, folder, reports: PruneReport | dict | Iterable[PruneReport | dict] = (),
+                      tokenizer=None) -> str:
+    """Save ``model`` (and ``tokenizer``) as one Hugging Face folder, written atomically (an
+    existing ``folder`` is replaced only once the new one is complete): **plain** when the
+    pruned sizes fit the family's config (:func:`plain_config`: ``from_pretrained`` loads it
+    without forceprune), else **with a record** (:func:`load_pruned_pretrained` loads it).
+    Returns ``"plain"`` or ``"record"``."""
+    from ..checkpoint import atomic_write_dir
+
+    try:
+        plain_config(model)
+        kind = "plain"
+    except ForcePruneError:  # per-layer widths, or sizes the config cannot say
+        kind = "record"
+
+    def write(tmp: Path) -> None:
+        save_pruned_pretrained(model, tmp, reports, uniform=kind == "plain")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+
+    atomic_write_dir(folder, write, replace=True)
+    return kind
+
+
 def uniform_widths(model: nn.Module) -> dict[str, int | float]:
     """The one width per kind of a uniformly pruned model: ``{"heads", "head_dim", "kv_heads",
     "ffn", "hidden", "rms_norm_eps"}`` (those the model has); raises naming the kind whose

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from ..baselines import FISHER, GROUP_NORM
+from ..baselines import FISHER, GROUP_NORM, WANDA
 from ..budget import TARGET_KEYS, budget_errors
 from ..checkpoint import read_text
 from ..distill import Distillation
@@ -74,7 +74,7 @@ class RunConfig:
     #: pretrained model that is already the dense baseline); else distillation needs a dense phase
     teacher_from_start: ClassVar[bool] = False
     #: methods that are not force laws (``"none"``: no pruning; see forceprune.baselines)
-    baselines: ClassVar[tuple[str, ...]] = ("none", GROUP_NORM, FISHER)
+    baselines: ClassVar[tuple[str, ...]] = ("none", GROUP_NORM, WANDA, FISHER)
 
     force_options: dict = option({}, "Options of the force law, e.g. beta (penalty strength), norm, pivot, scale.")
     capture: Literal["unit", "element"] | None = option(None, 'What is captured (held at exactly 0): whole units ("unit") or single weights ("element"); unset = the force\'s default.')
@@ -129,8 +129,8 @@ class RunConfig:
              f"{targets[0] if targets else ''} needs a force (the controller scales it); force {force!r} has none")
         need(force != FISHER or self.target_macs is not None,
              f"force {FISHER!r} searches for a MACs target: set target_macs, e.g. target_macs = 0.5")
-        need(force != GROUP_NORM or bool(self.widths),
-             f"force {GROUP_NORM!r} prunes to given per-layer widths: set widths = {{unit set name = units kept}}")
+        need(force not in (GROUP_NORM, WANDA) or bool(self.widths),
+             f"force {force!r} prunes to given per-layer widths: set widths = {{unit set name = units kept}}")
         need(not (targets and self.widths), f"give either {targets[0] if targets else 'a target'} or widths, not both")
         need(self.widths is None or all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in self.widths.values()),
              "widths must map unit set names to whole numbers of units >= 1, e.g. widths = { fc1 = 8 }")

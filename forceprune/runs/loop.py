@@ -179,13 +179,17 @@ class Trainer:
         on_checkpoint: called after every checkpoint written (the run's overwrite commit).
         evaluate_first: evaluate the model before training, as a ``phase="start"`` record (a
             pretrained model that is its own dense baseline).
+        eval_objective: the objective of every evaluation (default ``objective``): the task's own
+            loss when training distils, so held-out losses and perplexities are the task's.
     """
 
     def __init__(self, model: nn.Module, phase: Phase, batches: Any, eval_batches: Iterable, objective: Objective, *,
                  device: torch.device, method: Any = None, force_mode: str = "loss", amp: bool = False,
                  checkpoint_path: str | Path | None = None, progress: bool = True, meta: dict | None = None,
-                 log_every: int = 0, on_checkpoint: Callable[[], None] | None = None, evaluate_first: bool = False):
+                 log_every: int = 0, on_checkpoint: Callable[[], None] | None = None, evaluate_first: bool = False,
+                 eval_objective: Objective | None = None):
         self.model, self.phase, self.method, self.objective = model, phase, method, objective
+        self.eval_objective = eval_objective or objective
         self.batches, self.eval_batches, self.device = batches, eval_batches, device
         self.force_mode, self.progress, self.meta, self.log_every = force_mode, progress, meta or {}, log_every
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
@@ -241,20 +245,25 @@ class Trainer:
     def fit(self) -> list[dict[str, Any]]:
         """Train the remaining epochs of the phase; return the per-epoch history."""
         if self.evaluate_first and not self.history:
-            result = evaluate(self.model, self.eval_batches, self.objective)
+            result = evaluate(self.model, self.eval_batches, self.eval_objective)
             self.history.append({"phase": "start", "epoch": 0, "steps": 0, "eval_acc": result.accuracy,
                                  "eval_loss": result.loss, "wall_s": 0.0})
+        if self.total_steps == 0:  # complete at once (a one-shot method): record the start evaluation
+            self._checkpoint()
         while self.step < self.total_steps:
             record = self.train_epoch()
             self.epoch += 1
             self.history.append(record)
-            if self.checkpoint_path is not None:
-                save_checkpoint(self.state_dict(), self.checkpoint_path)
-                if self.on_checkpoint is not None:
-                    self.on_checkpoint()
+            self._checkpoint()
             if self.progress:
                 tqdm.write(self.describe(record))
         return self.history
+
+    def _checkpoint(self) -> None:
+        if self.checkpoint_path is not None:
+            save_checkpoint(self.state_dict(), self.checkpoint_path)
+            if self.on_checkpoint is not None:
+                self.on_checkpoint()
 
     def _penalty(self) -> torch.Tensor:
         if self.method is None or self.force_mode != "loss":
@@ -330,7 +339,7 @@ class Trainer:
             record.update(macs_if_pruned=int(summary["macs_if_pruned"]), params_if_pruned=int(summary["params_if_pruned"]),
                           units_zero=int(summary["units_zero"]), units_total=int(summary["units_total"]),
                           norms=unit_norms(self.method))
-        result = evaluate(self.model, self.eval_batches, self.objective)
+        result = evaluate(self.model, self.eval_batches, self.eval_objective)
         record.update(eval_acc=result.accuracy, eval_loss=result.loss, wall_s=time.perf_counter() - started)
         return record
 

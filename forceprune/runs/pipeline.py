@@ -15,6 +15,8 @@ The report's schema is in :mod:`forceprune.runs.stages`.
 """
 from __future__ import annotations
 
+import math
+
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -153,7 +155,8 @@ def prune(run_dir: str | Path, *, command: str = "", data_dir: str | None = None
 
 def evaluate_run(run_dir: str | Path, data_dir: str | None = None) -> dict[str, Any]:
     """Evaluate the final pruned model of a finished run (``<run>/pruned``) on the run's data:
-    ``{"accuracy" (percent), "count", "eval_split", "macs", "params"}``. The model is first
+    ``{"accuracy" (percent), "loss", "count", "eval_split", "macs", "params"}`` (and
+    ``"perplexity"`` for a language model). The model is first
     checked to be the one the run's config describes (task, model, dataset)."""
     from ..plan import read_plan
 
@@ -172,4 +175,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | None = None) -> dict[str, 
     model = task.load(path)
     result = evaluate(model, task.eval_batches, task.objective)
     macs, params = count_macs_params(model, task.example_inputs)
-    return {"accuracy": result.accuracy, "count": result.count, "eval_split": task.eval_split, "macs": macs, "params": params}
+    out = {"accuracy": result.accuracy, "loss": result.loss, "count": result.count, "eval_split": task.eval_split,
+           "macs": macs, "params": params}
+    if getattr(task, "perplexity", False):
+        out["perplexity"] = math.exp(min(result.loss, 50.0))
+    return out

@@ -78,7 +78,7 @@ class Trained:
 def build_method(task, model: nn.Module, total_steps: int) -> Any:
     """The pruning method of the task's config: a :class:`~forceprune.ForcePruner`, a baseline,
     or None (``force = "none"``: nothing is pruned)."""
-    from ..baselines import FISHER, GROUP_NORM, FisherSearch, GroupNormWidths
+    from ..baselines import FISHER, GROUP_NORM, WANDA, FisherSearch, GroupNormWidths, WandaSp
     from ..pruner import ForcePruner
 
     c, options = task.config, task.method_options(model)
@@ -86,6 +86,9 @@ def build_method(task, model: nn.Module, total_steps: int) -> Any:
         return None
     if c.force == GROUP_NORM:
         return GroupNormWidths(model, task.example_inputs, c.widths, **options)
+    if c.force == WANDA:  # Wanda calibrates on 128 sequences
+        return WandaSp(model, task.example_inputs, c.widths, task.train_batches, lambda m, b: task.objective(m, b),
+                       max_batches=-(-128 // c.batch_size), **options)
     if c.force == FISHER:  # Kwon et al. use 2,048 calibration samples
         return FisherSearch(model, task.example_inputs, c.target_macs, task.train_batches, lambda m, b: task.objective(m, b)[0],
                             max_batches=-(-2048 // c.batch_size), **options)
@@ -111,7 +114,7 @@ def _fit(task, run: Run, phase_name: str, model: nn.Module, method: Any, resume:
                       device=task.device, method=method, force_mode=c.force_mode, amp=getattr(c, "amp", False),
                       checkpoint_path=run.checkpoint(phase_name), progress=run.progress, meta=c.to_dict(),
                       log_every=getattr(c, "log_every", 0), on_checkpoint=run.checkpoint_written,
-                      evaluate_first=evaluate_first)
+                      evaluate_first=evaluate_first, eval_objective=task.objective)
     if resume and trainer.resume():
         run.log(f"resumed {phase_name} phase after epoch {trainer.epoch}/{trainer.epochs}")
     return trainer.fit()

