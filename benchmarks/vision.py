@@ -30,7 +30,7 @@ import torch
 from forceprune.baselines import METHODS as TP_METHODS
 from forceprune.errors import ForcePruneError
 
-from .common import fmt_cell, machine, write_result
+from .common import fmt_cell, machine, step_overhead, write_result
 
 FORCE_METHODS = {
     "etp": ("etp", {"beta": 1e-2, "norm": "l2"}),
@@ -177,41 +177,6 @@ def run_point(spec: Suite, method: str, level: float | None, seed: int, data_dir
     }
     point["latency"] = None if method == "dense" else latencies(report, kept["dense"], trained.model, task)
     return point
-
-
-def step_overhead(model, pruner, task, steps: int = 20) -> float:
-    """Extra time of ``penalty()`` + ``pruner.step()`` relative to a plain training step
-    (median over interleaved rounds, same batch, SGD at lr 0), with the force *active* (a met
-    budget switches the force off and freezes capture, which would hide their cost); the model's
-    weights and the pruner's state are restored afterwards."""
-    saved = copy.deepcopy(model.state_dict()), pruner.state_dict(), pruner.optimizer
-    if pruner.controller is not None:
-        pruner.controller.reached, pruner.controller.scale = False, 1.0
-    batch = next(iter(task.train_batches))
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    pruner.attach_optimizer(opt)
-
-    def one(with_force: bool) -> float:
-        t0 = time.perf_counter()
-        loss = task.objective(model, batch)[0]
-        if with_force:
-            loss = loss + pruner.penalty()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if with_force:
-            pruner.step()
-        return time.perf_counter() - t0
-
-    plain, forced = [], []
-    for _ in range(steps):
-        plain.append(one(False))
-        forced.append(one(True))
-    model.load_state_dict(saved[0])
-    pruner.attach_optimizer(saved[2])
-    pruner.load_state_dict(saved[1])
-    return statistics.median(forced) / statistics.median(plain) - 1.0
 
 
 def latencies(report: dict, dense, pruned, task) -> dict:

@@ -195,3 +195,27 @@ def test_one_shot_baselines_prune_the_pretrained_model_to_given_widths(lm_files,
         assert pruned.model.layers[1].mlp.up_proj.out_features == ffn[1]
     with pytest.raises(ForcePruneError, match="must be in \\(0"):
         run(_config(root, model, epochs=0.0), progress=False)  # a force needs training
+
+
+def test_llm_suite_harness_on_a_tiny_llama(lm_files, tmp_path):
+    """The llm suite (ETP at a target, then Torch-Pruning's uniform recipe and Wanda-sp at its
+    widths, the same recovery) on a tiny Llama, so it cannot rot."""
+    from benchmarks.llm_suite import run_suite
+
+    root, model = lm_files
+    result = run_suite((0.7,), model=str(model), data_dir=str(root), train_tokens=1024, eval_tokens=256, epochs=2.0,
+                       finetune_epochs=0.5, beta=0.5, lr=5e-3, threads=0, output_dir=tmp_path / "out",
+                       work_dir=tmp_path / "work", progress=False,
+                       config={"context": 16, "warmup_ratio": 0.0, "budget": {"every": 2}, "latency_repeats": 1,
+                               "generate_tokens": 2})
+    rows = {p["method"]: p for p in result["points"]}
+    assert list(rows) == ["etp", "tp_group_norm", "wanda_sp"]
+    assert rows["etp"]["removal_lossless_4_digits"] and rows["etp"]["max_output_error"] < 1e-5
+    assert rows["etp"]["construction_s"] > 0 and rows["etp"]["step_overhead"] > -1
+    assert rows["wanda_sp"]["kv_heads_after"] == rows["etp"]["kv_heads_after"]
+    assert rows["wanda_sp"]["ffn_after"] == rows["etp"]["ffn_after"], "Wanda-sp is cut to ETP's per-layer widths"
+    assert len(set(rows["tp_group_norm"]["ffn_after"])) == 1, "Torch-Pruning's LLM recipe: one width per layer"
+    assert result["dense"]["ppl"] == pytest.approx(rows["etp"]["ppl_dense"]) and result["dense"]["ppl_out_of_domain"] > 0
+    assert all(r["ppl_dense"] == pytest.approx(result["dense"]["ppl"]) for r in rows.values()), "one dense model"
+    assert "| 0.7 | wanda_sp |" in (tmp_path / "out" / "llm.md").read_text()
+    assert (tmp_path / "out" / "llm.png").stat().st_size > 0
