@@ -37,8 +37,9 @@ def write_result(result: dict, out: Path, name: str, markdown: Callable[[dict], 
 
 
 def step_overhead(model, pruner, task, steps: int = 20, prox: bool = False) -> float:
-    """Extra time of ``penalty()`` (with ``prox``: ``proximal_step()``) + ``pruner.step()`` relative to a plain training step
-    (median over interleaved rounds, same batch, SGD at lr 0), with the force *active* (a met
+    """Extra time of ``penalty()`` (with ``prox``: ``proximal_step()``) + ``pruner.step()``
+    relative to a plain training step (median over interleaved rounds, same batch, SGD at lr 0),
+    with the force *active* (a met
     budget switches the force off and freezes capture, which would hide their cost); the model's
     weights and the pruner's state are restored afterwards."""
     saved = copy.deepcopy(model.state_dict()), pruner.state_dict(), pruner.optimizer

@@ -31,6 +31,7 @@ calling conventions.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Sequence
 
 import torch
@@ -141,7 +142,7 @@ class TorchPruningMethod(_NoForce):
                            warnings=[f"{self.method}: {steps} progressive Torch-Pruning steps (not lossless)"])
 
 
-class _RankedWidths(_NoForce):
+class _RankedWidths(_NoForce, ABC):
     """No regularisation; after training, keep in each unit set the ``widths`` highest-scoring
     units (``scores(us)``, one number per unit) and remove the rest with forceprune's surgery.
 
@@ -172,9 +173,9 @@ class _RankedWidths(_NoForce):
         return {"units_total": sum(us.size for us in self.unit_sets), "units_zero": 0, "macs_dense": self.macs_dense,
                 "params_dense": self.params_dense, "macs_if_pruned": self.macs_dense, "params_if_pruned": self.params_dense}
 
+    @abstractmethod
     def scores(self, us) -> torch.Tensor:
         """``(G,)`` importance of each unit of ``us`` (higher = kept first)."""
-        raise NotImplementedError
 
     def prune(self, widths=None, tolerance: float = 0.0, calibration_inputs=None) -> PruneReport:
         """Keep the ``widths`` strongest units of each named set; report the change (not lossless)."""
