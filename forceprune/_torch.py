@@ -13,15 +13,25 @@ import torch
 import torch.nn as nn
 
 
-def to_device(inputs: Any, device: torch.device | str) -> Any:
-    """``inputs`` with every tensor inside (nested tuples, lists, dicts) moved to ``device``."""
+def map_tensors(inputs: Any, fn) -> Any:
+    """``inputs`` with ``fn`` applied to every tensor inside (nested tuples, lists, dicts)."""
     if torch.is_tensor(inputs):
-        return inputs.to(device)
+        return fn(inputs)
     if isinstance(inputs, dict):
-        return {k: to_device(v, device) for k, v in inputs.items()}
+        return {k: map_tensors(v, fn) for k, v in inputs.items()}
     if isinstance(inputs, (list, tuple)):
-        return type(inputs)(to_device(v, device) for v in inputs)
+        return type(inputs)(map_tensors(v, fn) for v in inputs)
     return inputs
+
+
+def to_device(inputs: Any, device: torch.device | str) -> Any:
+    """``inputs`` with every tensor inside moved to ``device``."""
+    return map_tensors(inputs, lambda t: t.to(device))
+
+
+def to_float64(inputs: Any) -> Any:
+    """``inputs`` with every floating tensor inside cast to float64 (token ids stay integers)."""
+    return map_tensors(inputs, lambda t: t.double() if t.is_floating_point() else t)
 
 
 def model_device(model: nn.Module) -> torch.device:

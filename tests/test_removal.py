@@ -1,4 +1,6 @@
 """Removing exactly-zero units leaves every zoo model's outputs unchanged."""
+import copy
+
 import pytest
 import torch
 
@@ -137,3 +139,38 @@ def test_pruner_keeps_working_after_removal():
     pruner.prune()
     assert torch.isfinite(pruner.penalty())
     assert pruner.summary()["units_total"] == sum(us.size for us in pruner.unit_sets)
+
+
+class _ChaoticBlock(torch.nn.Module):
+    """A residual tanh MLP block with gain 4: float32 rounding doubles every layer or so."""
+
+    def __init__(self, d=32, f=1536):
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(d, f), torch.nn.Linear(f, d)
+        torch.nn.init.normal_(self.up.weight, std=4 / d**0.5)
+        torch.nn.init.normal_(self.down.weight, std=4 / f**0.5)
+
+    def forward(self, x):
+        return x + self.down(torch.tanh(self.up(x)))
+
+
+def test_float32_rounding_through_depth_is_told_apart_from_a_lossy_removal():
+    """Removing 500 of 1536 zero neurons in 16 chaotic blocks moves float32 outputs far above
+    1e-5 (the sums are blocked differently), float64 outputs by ~1e-12: accepted with a warning."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[_ChaoticBlock() for _ in range(16)], torch.nn.Linear(32, 4))
+    x = torch.randn(16, 32)
+    pruner = fp.ForcePruner(model, x[:1])
+    g = torch.Generator().manual_seed(1)
+    wide = [us for us in pruner.unit_sets if us.size == 1536]
+    for us in wide:
+        mask = torch.zeros(us.size, dtype=torch.bool)
+        mask[torch.randperm(us.size, generator=g)[:500]] = True
+        us.zero_(mask, "all")
+    before64 = copy.deepcopy(model).double()(x.double())
+    report = pruner.prune(calibration_inputs=x)
+    assert report.max_output_error > 1e-5, "the float32 change must exceed the bound for this test to mean anything"
+    assert any("float64" in w and "rounding" in w for w in report.warnings), report.warnings
+    assert all(r["width_after"] == 1036 for r in report.layers if r["width_before"] == 1536)
+    rel64 = (model.double()(x.double()) - before64).abs().max() / before64.abs().max()
+    assert rel64 < 1e-9, "in float64 the pruned model computes the same function"
