@@ -10,8 +10,8 @@ its Q4_1 GGUF file to fp32: that fp32 model is the dense baseline):
 * text: SST-2 training sentences (``train_tokens``, 128-token sequences); perplexity on
   ``eval_tokens`` of SST-2 dev + SentEval test sentences (in domain) and of TREC questions (out
   of domain); final numbers, nothing selected on either;
-* **ETP**: ``epochs`` over the training tokens with the exponential-torque force on key-value
-  groups and FFN neurons (ranked pivot, proximal step after AdamW, the planning budget controller
+* **ETP**: ``epochs`` over the training tokens with the exponential-torque force on FFN neurons
+  (``kinds``; ranked pivot, proximal step after AdamW, the planning budget controller
   with ``target_nonembedding = level``, ``spare_keepers``), distilled from the dense model;
   removal (exact zeros); ``finetune_epochs`` of distilled recovery;
 * **Torch-Pruning's LLM recipe** (``tp-group-norm``): magnitude ranking of the pretrained model,
@@ -42,14 +42,17 @@ FORCE = {"etp": "etp", "tp_group_norm": GROUP_NORM, "wanda_sp": WANDA}
 TARGET_PPL_RISE = {0.8: 0.15, 0.667: 0.40}  # the issue's targets: final ppl within +15 % / +40 % of dense
 
 
-def _widths(report: dict, uniform: bool) -> dict[str, int]:
-    """Per-layer widths keyed as the run config takes them, from a finished ETP report; with
-    ``uniform`` every layer gets the rounded mean (Torch-Pruning's LLM recipe)."""
+def _widths(report: dict, uniform: bool, kinds) -> dict[str, int]:
+    """Per-layer widths of the pruned ``kinds`` keyed as the run config takes them, from a
+    finished ETP report; with ``uniform`` every layer gets the rounded mean (Torch-Pruning's
+    LLM recipe)."""
     kv, ffn = report["kv_heads_after"], report["ffn_after"]
     if uniform:
         kv, ffn = [max(1, round(statistics.mean(kv)))] * len(kv), [max(1, round(statistics.mean(ffn)))] * len(ffn)
-    return {**{f"model.layers.{i}.self_attn": k for i, k in enumerate(kv)},
-            **{f"model.layers.{i}.mlp.up_proj": f for i, f in enumerate(ffn)}}
+    widths = {f"model.layers.{i}.mlp.up_proj": f for i, f in enumerate(ffn)} if "neuron" in kinds else {}
+    if "kv_group" in kinds:
+        widths.update({f"model.layers.{i}.self_attn": k for i, k in enumerate(kv)})
+    return widths
 
 
 def _point(config: dict, measure: bool, dense_ood: bool, progress: bool) -> tuple[dict, dict]:
@@ -91,12 +94,13 @@ def run_suite(
     methods: tuple[str, ...] = METHODS,
     *,
     seed: int = 0,
-    train_tokens: int = 16_384,
+    train_tokens: int = 40_960,
     eval_tokens: int = 2_048,
     epochs: float = 1.0,
-    finetune_epochs: float = 0.25,
+    finetune_epochs: float = 0.2,
     beta: float = 0.2,
     lr: float = 5e-5,
+    kinds: tuple[str, ...] = ("neuron",),
     threads: int = 2,
     model: str = "smollm2-135m",
     data_dir: str | None = None,
@@ -118,7 +122,7 @@ def run_suite(
     distill = {"alpha": 0.5, "temperature": 2.0}
     common: dict[str, Any] = dict(
         task="language_modeling", model=model, dataset="sst2", data_dir=data_dir, force_mode="prox",
-        prune_kinds=["kv_group", "neuron"], context=128, train_tokens=train_tokens, eval_tokens=eval_tokens,
+        prune_kinds=list(kinds), context=128, train_tokens=train_tokens, eval_tokens=eval_tokens,
         finetune_epochs=finetune_epochs, lr=lr, batch_size=4, capture_every=1, threads=threads, seed=seed,
         distill=distill, latency_repeats=2, generate_tokens=12,
     )
@@ -131,7 +135,7 @@ def run_suite(
         "machine": machine(threads), "seed": seed,
         "budget": {"train_tokens": train_tokens, "eval_tokens": eval_tokens, "context": common["context"],
                    "batch_size": common["batch_size"], "epochs_force": epochs, "epochs_recovery": finetune_epochs,
-                   "lr": lr, "beta_start": beta, "distill": distill},
+                   "lr": lr, "beta_start": beta, "distill": distill, "kinds": list(kinds)},
         "points": [], "runs": {}, "dense": {},
     }
     for level in levels:
@@ -144,7 +148,7 @@ def run_suite(
                            force_options={"beta": beta, "pivot": "ranked", "norm": "l2"})
             else:  # one-shot at ETP's widths: no target, so no budget controller
                 cfg.pop("budget", None)
-                cfg.update(force=FORCE[method], epochs=0.0, widths=_widths(etp_report, uniform=method == "tp_group_norm"))
+                cfg.update(force=FORCE[method], epochs=0.0, widths=_widths(etp_report, method == "tp_group_norm", kinds))
             if progress:
                 print(f"\n=== {label} ===", flush=True)
             report, extra = _point(cfg, measure=method == "etp", dense_ood=not result["dense"], progress=progress)
