@@ -11,7 +11,8 @@ its Q4_1 GGUF file to fp32: that fp32 model is the dense baseline):
   ``eval_tokens`` of SST-2 dev + SentEval test sentences (in domain) and of TREC questions (out
   of domain); final numbers, nothing selected on either;
 * **ETP**: ``epochs`` over the training tokens with the exponential-torque force on FFN neurons
-  (``kinds``; ranked pivot, proximal step after AdamW, the planning budget controller
+  (``kinds``; units ranked by ``importance``: Wanda's ``|W| x ||X||`` from the dense model's
+  activations by default; ranked pivot, proximal step after AdamW, the planning budget controller
   with ``target_nonembedding = level``, ``spare_keepers``), distilled from the dense model;
   removal (exact zeros); ``finetune_epochs`` of distilled recovery;
 * **Torch-Pruning's LLM recipe** (``tp-group-norm``): magnitude ranking of the pretrained model,
@@ -101,6 +102,7 @@ def run_suite(
     beta: float = 0.2,
     lr: float = 5e-5,
     kinds: tuple[str, ...] = ("neuron",),
+    importance: str = "activation",
     threads: int = 2,
     model: str = "smollm2-135m",
     data_dir: str | None = None,
@@ -135,7 +137,7 @@ def run_suite(
         "machine": machine(threads), "seed": seed,
         "budget": {"train_tokens": train_tokens, "eval_tokens": eval_tokens, "context": common["context"],
                    "batch_size": common["batch_size"], "epochs_force": epochs, "epochs_recovery": finetune_epochs,
-                   "lr": lr, "beta_start": beta, "distill": distill, "kinds": list(kinds)},
+                   "lr": lr, "beta_start": beta, "distill": distill, "kinds": list(kinds), "importance": importance},
         "points": [], "runs": {}, "dense": {},
     }
     for level in levels:
@@ -144,7 +146,7 @@ def run_suite(
             label = f"{method}@{level:g}"
             cfg = {**common, "output_dir": str(work / f"{method}_{level:g}")}
             if method == "etp":
-                cfg.update(force="etp", epochs=epochs, target_nonembedding=level, spare_keepers=True,
+                cfg.update(force="etp", epochs=epochs, target_nonembedding=level, spare_keepers=True, importance=importance,
                            force_options={"beta": beta, "pivot": "ranked", "norm": "l2"})
             else:  # one-shot at ETP's widths: no target, so no budget controller
                 cfg.pop("budget", None)

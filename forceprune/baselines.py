@@ -39,11 +39,12 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from ._torch import eval_mode, model_device
+from .activations import activation_scores, input_norms
 from .errors import ForcePruneError
 from .metrics import count_macs_params
 from .removal import RemovalPlan, remove
 from .report import PruneReport
-from .units import CONSUMER, build_unit_sets
+from .units import build_unit_sets
 
 METHODS = ("tp_l1", "tp_group_norm")
 GROUP_NORM = "tp-group-norm"
@@ -230,46 +231,10 @@ class WandaSp(_RankedWidths):
         self.calibration, self.run_batch, self.max_batches = calibration, run_batch, int(max_batches)
         self._norms: dict[int, torch.Tensor] | None = None
 
-    def input_norms(self) -> dict[int, torch.Tensor]:
-        """``{id(module): (in_channels,) L2 norm of each input channel}`` for every layer that
-        reads a unit set's channels, over the calibration batches (eval mode, no grad)."""
-        readers = {id(s.module): s.module for us in self.unit_sets for s in us.slices if s.role == CONSUMER}
-        sums: dict[int, torch.Tensor] = {}
-
-        def hook(module, args):
-            x = args[0].detach().double()
-            x = x.movedim(1, -1) if isinstance(module, nn.modules.conv._ConvNd) else x  # channels last
-            sq = (x * x).reshape(-1, x.shape[-1]).sum(0).cpu()
-            sums[id(module)] = sums.get(id(module), 0) + sq
-
-        handles = [m.register_forward_pre_hook(hook) for m in readers.values()]
-        try:
-            with torch.no_grad(), eval_mode(self.model):
-                for i, batch in enumerate(self.calibration):
-                    if i >= self.max_batches:
-                        break
-                    self.run_batch(self.model, batch)
-        finally:
-            for h in handles:
-                h.remove()
-        if not sums:
-            raise ForcePruneError(f"{WANDA}: the calibration batches ran no layer that reads a unit set; "
-                                  "pass training batches that run the model.")
-        return {k: v.sqrt() for k, v in sums.items()}
-
     def scores(self, us) -> torch.Tensor:
         if self._norms is None:
-            self._norms = self.input_norms()
-        out = torch.zeros(us.size, dtype=torch.float64)
-        readers = [s for s in us.slices if s.role == CONSUMER and id(s.module) in self._norms]
-        if not readers:
-            raise ForcePruneError(f"{WANDA}: no layer reads unit set {us.name!r}, so it has no activation-aware score; "
-                                  "leave it out of widths (or of kinds).")
-        with torch.no_grad():
-            for s in readers:
-                per_position = s.elements().detach().abs().double().sum(1).cpu() * self._norms[id(s.module)][s.index.cpu()]
-                out.index_add_(0, s.unit.cpu(), per_position)
-        return out.float()
+            self._norms = input_norms(self.model, self.unit_sets, self.calibration, self.run_batch, self.max_batches)
+        return activation_scores(us, self._norms)
 
 
 class FisherSearch(_NoForce):

@@ -28,11 +28,13 @@ from .units import UnitSet
 
 @torch.no_grad()
 def proximal_force_step(force: Force, unit_sets: list[UnitSet], set_weights: list[float], scale: float,
-                        lr: float, masks: list[torch.Tensor] | None = None) -> None:
+                        lr: float, masks: list[torch.Tensor] | None = None,
+                        importance: list[torch.Tensor | None] | None = None) -> None:
     """Shrink every unit in place by the proximal operator of its force term for step size
     ``lr``, with the force scaled by ``scale`` (the budget controller's multiplier) and each unit
     set's penalty by its cost weight (see the module doc); ``masks`` (optional, ``(G,)`` per
-    set) multiply each unit's profile (0 spares a unit)."""
+    set) multiply each unit's profile (0 spares a unit); ``importance`` (optional, ``(G,)`` or
+    None per set) stands in for the norms in the profile (a ranked pivot ranks by it)."""
     f = force
     if f.norm not in ("l2", "l1"):
         raise ForcePruneError(f"the proximal force step needs norm 'l2' or 'l1', got {f.norm!r}; pass norm='l2'.")
@@ -44,7 +46,8 @@ def proximal_force_step(force: Force, unit_sets: list[UnitSet], set_weights: lis
             continue
         norms = us.unit_sums(f.include, f.power).detach().float()
         norms = norms.sqrt() if f.norm == "l2" else norms
-        phi = unit_profile(f, us, norms)[1].clamp_min(0).to(norms.device)
+        imp = importance[k] if importance is not None else None
+        phi = unit_profile(f, us, norms if imp is None else imp)[1].clamp_min(0).to(norms.device)
         if masks is not None:
             phi = phi * masks[k].to(phi.device, phi.dtype)
         step = lr * scale * f.beta * float(weight) * phi

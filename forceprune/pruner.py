@@ -13,7 +13,6 @@ surgery and its report to ``removal``.
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Sequence
 
@@ -23,18 +22,20 @@ import torch.nn as nn
 from ._torch import model_device, to_device
 from .budget import Budget, BudgetController, target_of
 from .budget_plan import must_go, needed_scale
+from .activations import InputNorms, activation_scores, input_norms, reads
 from .budget_selection import capture_within_budget, equalize, uniform_classes
-from .capture import CAPTURE_MODES, apply_captures, build_masks, clip_elements, enforce_zeros, find_captures
+from .capture import apply_captures, build_masks, clip_elements, enforce_zeros, find_captures
 from .errors import ForcePruneError, NonFiniteError
 from .forces import Force, resolve
 from .latency import latency_budget
 from .metrics import count_macs_params
 from .preview import counts_if_removed, floor_masks, pruned_copy
 from .proximal import proximal_force_step
+from .pruner_checks import check_finite, check_materialised, check_options
 from .removal import keep_one, plan_removal, remove, removable_units
 from .scoring import cost_weights, force_field, prox_bounds, scores, signs, step_shrink, unit_costs
 from .report import PruneReport
-from .units import UNIT_KINDS, build_unit_sets
+from .units import build_unit_sets
 
 
 class ForcePruner:
@@ -107,11 +108,11 @@ class ForcePruner:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ForcePruneError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        _check_materialised(model)
+        check_materialised(model)
         self.force, defaults = resolve(force, force_options)
         self.capture_mode = capture if capture is not None else defaults["capture"]
         self.threshold = float(threshold if threshold is not None else defaults["threshold"])
-        _check_options(self.capture_mode, self.threshold, capture_every, snap, cost_power, kinds)
+        check_options(self.capture_mode, self.threshold, capture_every, snap, cost_power, kinds)
         self.capture_every, self.snap, self.cost_power = capture_every, float(snap), float(cost_power)
         targets = {"target_macs": target_macs, "target_params": target_params, "target_latency_ms": target_latency_ms}
         target = target_of(targets, budget)  # checked before the (slow) trace
@@ -130,6 +131,7 @@ class ForcePruner:
         self._proximal = False
         self.spare_keepers = bool(spare_keepers)
         self._force_masks: list[torch.Tensor] | None = None  # with spare_keepers: 1 = pushed, 0 = spared
+        self._input_norms: InputNorms | None = None  # set by calibrate(): activation-aware scores
         self._calls = 0
         self.uniform = bool((budget or {}).get("uniform", False))
         self._rebuild()
@@ -229,10 +231,10 @@ class ForcePruner:
         if self.scale == 0.0:
             return torch.zeros((), device=model_device(self.model))
         total = torch.zeros((), device=model_device(self.model))
-        for k, (us, weight) in enumerate(zip(self.unit_sets, self._set_weights)):
+        for k, (us, weight, imp) in enumerate(zip(self.unit_sets, self._set_weights, self._importance())):
             sums = us.unit_sums(self.force.include, self.force.power)
             mask = self._force_masks[k] if self._force_masks is not None else None
-            total = total + weight * self.force.penalty(sums, signs(self.force, us), mask)
+            total = total + weight * self.force.penalty(sums, signs(self.force, us), mask, imp)
         if not torch.isfinite(total):
             raise NonFiniteError(
                 "the force penalty is NaN/Inf: the weights have diverged. Lower the learning rate or beta, "
@@ -253,7 +255,8 @@ class ForcePruner:
                 raise ForcePruneError("proximal_step() needs lr= or an optimizer: call pruner.attach_optimizer(optimizer) first.")
             lr = float(self.optimizer.param_groups[0]["lr"])
         self._proximal = True
-        proximal_force_step(self.force, self.unit_sets, self._set_weights, self.scale, float(lr), self._force_masks)
+        proximal_force_step(self.force, self.unit_sets, self._set_weights, self.scale, float(lr), self._force_masks,
+                            self._importance())
 
     def step(self) -> None:
         """Call after every ``optimizer.step()``: re-zero captured units; capture new ones
@@ -271,6 +274,27 @@ class ForcePruner:
         if update:
             self.controller.update(self.steps, self.kept_fraction(), self._needed_scale())
 
+    def calibrate(self, batches, run_batch, max_batches: int = 32) -> None:
+        """Rank units by what flows through them. Measures, once, the L2 norm of every input
+        channel of the layers that read a unit set (``run_batch(model, batch)`` runs the model
+        on each of the first ``max_batches`` batches); from then on the units a budget pushes
+        (``spare_keepers``), captures first and removes first go by Wanda's ``|W| x ||X||``
+        with the current weights (:mod:`forceprune.activations`) instead of the weight norm --
+        what a pretrained language model needs. Unit sets no measured layer reads keep weight
+        norms. A removal ends it (the widths change): calibrate again to keep it."""
+        self._input_norms = input_norms(self.model, self.unit_sets, batches, run_batch, max_batches)
+
+    def unit_scores(self) -> list[torch.Tensor]:
+        """``(G,)`` force-weighted importance per unit set (:func:`~forceprune.scoring.scores`),
+        activation-aware after :meth:`calibrate`: low scores are pushed and removed first."""
+        return [scores(self.force, us, imp) for us, imp in zip(self.unit_sets, self._importance())]
+
+    def _importance(self) -> list[torch.Tensor | None]:
+        """Per unit set, the activation-aware importance that stands in for the weight norm in
+        the force profile and the scores (None: not calibrated, or no measured layer reads it)."""
+        norms = self._input_norms
+        return [activation_scores(us, norms) if norms and reads(us, norms) else None for us in self.unit_sets]
+
     def _needed_scale(self) -> float | None:
         """The scale that zeroes, before the budget's ``reach``, the units its target needs gone
         (:func:`forceprune.budget_plan.needed_scale`); None when the rate is unknown. With
@@ -283,11 +307,12 @@ class ForcePruner:
                                 else [float(us.numel("all").mean()) for us in self.unit_sets])
         dense = self.macs_dense if budget.metric == "macs" else self.params_dense
         dead = [us.dead for us in self.unit_sets]
-        go = must_go([scores(self.force, us) for us in self.unit_sets], self._unit_costs, dense, budget.target, dead,
+        go = must_go(self.unit_scores(), self._unit_costs, dense, budget.target, dead,
                      budget.min_width)
         if self.spare_keepers:
             self._force_masks = [g.float() for g in go]
-        rates = step_shrink(self.force, self.unit_sets, self._set_weights, self.optimizer, self._proximal)
+        rates = step_shrink(self.force, self.unit_sets, self._set_weights, self.optimizer, self._proximal,
+                            self._importance())
         if rates is None:
             return None
         left = int(budget.reach * budget.total_steps) - self.steps
@@ -315,8 +340,7 @@ class ForcePruner:
         # removable already, candidates aside (a proximal step may zero many units at once: they
         # compete as candidates, they are not counted as removed)
         base = [removable_units(us)[0] & ~f for us, f in zip(self.unit_sets, found)]
-        unit_scores = [scores(self.force, us) for us in self.unit_sets]
-        chosen, reached = capture_within_budget(found, base, unit_scores, self._fraction_if_removed, self.controller.budget)
+        chosen, reached = capture_within_budget(found, base, self.unit_scores(), self._fraction_if_removed, self.controller.budget)
         if reached:
             self.controller.reached = True
             self.controller.scale = 0.0
@@ -395,21 +419,21 @@ class ForcePruner:
         ``k`` units with the largest force-weighted norm ``||w_i|| / phi_i`` in each named set
         (others untouched) and reports the output error this causes.
         """
-        _check_finite(self.model)
+        check_finite(self.model)
         self._check_modules(always=True)
         inputs = self._inputs()
         calib = inputs if calibration_inputs is None else self._inputs(calibration_inputs)
         budget = self.controller.budget if self.controller is not None else None
         uniform = self.uniform if uniform is None else bool(uniform)
         plans, notes = plan_removal(self.unit_sets, self.force, widths, tolerance, budget, self._fraction_if_removed,
-                                    uniform=uniform)
+                                    uniform=uniform, unit_scores=self.unit_scores())
         report = remove(self.model, self.graph, plans, inputs, calib, mode="zero" if widths is None else "width",
                         notes=notes, check=check)
         self.history.append(report)
         for us in self.unit_sets:
             us.dead = torch.zeros(0, dtype=torch.bool)  # stale after surgery; _rebuild() resets
         self._rebuild(allow_empty=True)
-        self._summary_cache = self._counts_now = self._unit_costs = self._force_masks = None
+        self._summary_cache = self._counts_now = self._unit_costs = self._force_masks = self._input_norms = None
         return report
 
     # -- state -------------------------------------------------------------------------------------
@@ -435,39 +459,3 @@ class ForcePruner:
                 us.dead = dead.clone().bool()
         self._masks = build_masks(self.unit_sets, self.force.include)
         enforce_zeros(self._masks, self.optimizer)
-
-
-def _check_options(capture: str, threshold: float, capture_every, snap, cost_power, kinds) -> None:
-    if capture not in CAPTURE_MODES:
-        raise ForcePruneError(f"capture={capture!r} is not supported; choose 'unit' or 'element'.")
-    if not (math.isfinite(threshold) and threshold >= 0):
-        raise ForcePruneError(f"threshold must be a finite number >= 0, got {threshold!r}; try 1e-3.")
-    if not isinstance(capture_every, int) or capture_every < 0:
-        raise ForcePruneError(f"capture_every must be an int >= 0, got {capture_every!r}.")
-    if not (isinstance(snap, (int, float)) and math.isfinite(snap) and snap >= 0):
-        raise ForcePruneError(f"snap must be a finite number >= 0, got {snap!r}; 1.0 is the proximal bound.")
-    if not (isinstance(cost_power, (int, float)) and 0 <= cost_power <= 4):
-        raise ForcePruneError(f"cost_power must be in [0, 4], got {cost_power!r}; 0 = uniform, 1 = MACs-proportional.")
-    if kinds is not None and (isinstance(kinds, str) or not set(kinds) <= set(UNIT_KINDS)):
-        raise ForcePruneError(f"kinds={kinds!r}: give a list of unit kinds from {UNIT_KINDS}, e.g. kinds=('head', 'neuron').")
-
-
-def _check_materialised(model: nn.Module) -> None:
-    """Refuse a model whose weights are not materialised (meta device): nothing could be traced,
-    measured or removed."""
-    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
-    if meta:
-        raise ForcePruneError(
-            f"the model's tensors are on the meta device (not materialised), e.g. {meta[0]!r}: forceprune needs real "
-            "weights to trace, measure and remove units. Load the weights first (from_pretrained without "
-            "device_map='meta'/init_empty_weights, or model.to_empty(device='cpu') then load_state_dict)."
-        )
-
-
-def _check_finite(model: nn.Module) -> None:
-    for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            raise NonFiniteError(
-                f"parameter {name!r} contains NaN/Inf; removal would not be meaningful. "
-                "Restore a finite checkpoint (lower the learning rate or beta) and try again."
-            )

@@ -43,7 +43,7 @@ from .report import PruneReport
 from .scoring import scores, weakest_tail
 from .snapshot import check_ties, restore
 from .tracing import no_kv_cache, shared_parameters
-from .units import CONSUMER, OWN_SURGERY, PRODUCER_WEIGHT, UnitSet, model_graph
+from .units import CONSUMER, OWN_SURGERY, UnitSet, model_graph
 
 
 class LossyRemovalError(ForcePruneError):
@@ -110,7 +110,8 @@ def keep_one(remove: torch.Tensor) -> torch.Tensor:
 
 def plan_removal(unit_sets: list[UnitSet], force: Force, widths: dict[str, int] | None, tolerance: float,
                  budget: Budget | None, fraction: Callable[[list[torch.Tensor]], float],
-                 uniform: bool = False) -> tuple[list[RemovalPlan], list[str]]:
+                 uniform: bool = False, unit_scores: list[torch.Tensor] | None = None
+                 ) -> tuple[list[RemovalPlan], list[str]]:
     """What a removal takes from each unit set, and notes for its report.
 
     Zero mode (``widths=None``): the units that are exactly zero (or ``<= tolerance``); with
@@ -119,8 +120,10 @@ def plan_removal(unit_sets: list[UnitSet], force: Force, widths: dict[str, int] 
     :func:`~forceprune.budget_selection.complete_budget` (``fraction`` gives the kept cost
     fraction of a set of removal masks). Width mode: in each set named in ``widths``, every
     unit but the ``k`` with the largest force-weighted norm. A set always keeps one unit. A
-    plan is ``exact`` when it removes only exactly-zero units (zero mode, ``tolerance == 0``)."""
-    unit_scores = [scores(force, us) for us in unit_sets]
+    plan is ``exact`` when it removes only exactly-zero units (zero mode, ``tolerance == 0``).
+    ``unit_scores`` (default: :func:`~forceprune.scoring.scores` of ``force``) rank the units
+    that uniform widths and a budget's completion take first."""
+    unit_scores = unit_scores if unit_scores is not None else [scores(force, us) for us in unit_sets]
     classes = uniform_classes([(us.kind, us.size) for us in unit_sets]) if uniform else []
     notes: list[str] = []
     if widths is None:

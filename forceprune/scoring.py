@@ -8,7 +8,8 @@ set; tensors returned are detached, float32, on the CPU.
 * :func:`unit_profile`: ``(norms, phi)``, the unit norms and the force profile ``phi`` (the
   weight of each unit's norm in the penalty), the two numbers every caller needs.
 * :func:`scores`: force-weighted importance ``(||w_i|| / phi_i) / mean ||w||``: a unit that is
-  weak *for where it sits* scores low (what budgets remove first).
+  weak *for where it sits* scores low (what budgets remove first); an activation-aware
+  importance may stand in for the weight norm.
 * :func:`weakest_tail`: the removal mask that keeps the ``k`` best-scoring units.
 * :func:`prox_bounds`: per unit, the norm within which one force step would reach zero (the
   proximal capture bound, see :mod:`forceprune.capture`).
@@ -52,9 +53,11 @@ def unit_profile(force: Force, us: UnitSet, norms: torch.Tensor | None = None) -
         return norms, force.profile(us.size, norms, signs(force, us))
 
 
-def scores(force: Force, us: UnitSet) -> torch.Tensor:
-    """Scale-free force-weighted importance ``(||w_i|| / phi_i) / mean ||w||`` (``(G,)``)."""
-    norms, phi = unit_profile(force, us)
+def scores(force: Force, us: UnitSet, importance: torch.Tensor | None = None) -> torch.Tensor:
+    """Scale-free force-weighted importance ``(||w_i|| / phi_i) / mean ||w||`` (``(G,)``).
+    ``importance`` (``(G,)``, e.g. :func:`forceprune.activations.activation_scores`) stands in
+    for the weight norm ``||w_i||``, in the profile too (a ranked pivot ranks by it)."""
+    norms, phi = unit_profile(force, us, importance)
     return norms / phi.clamp_min(1e-12) / norms.mean().clamp_min(1e-12)
 
 
@@ -140,7 +143,8 @@ def force_field(force: Force, unit_sets: list[UnitSet]) -> list[dict]:
 
 
 def step_shrink(force: Force, unit_sets: list[UnitSet], set_weights: list[float], optimizer,
-                proximal: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+                proximal: bool, importance: list[torch.Tensor | None] | None = None
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
     """Per unit set, ``(size, shrink)``: each unit's size (its L2 norm, or for the L1 norm its
     largest element) and how much of it the force alone removes per optimizer step at scale 1
     (``(G,)`` each), for the budget's plan (:mod:`forceprune.budget_plan`).
@@ -149,16 +153,19 @@ def step_shrink(force: Force, unit_sets: list[UnitSet], set_weights: list[float]
     per element (L1). Loss-term force under SGD: ``eta * beta * w_S * phi_u / N`` with
     ``eta = lr / (1 - momentum)`` and ``N = G`` for the mean reduction. None where the rate is
     not known: no optimizer, the ``l2sq`` norm (it never zeroes), or a loss-term force under
-    Adam (which moves every weight by about ``lr`` whatever the force)."""
+    Adam (which moves every weight by about ``lr`` whatever the force). ``importance`` (``(G,)``
+    or None per set) stands in for the norms in the profile, as in the force step itself."""
     if optimizer is None or force.norm == "l2sq":
         return None
     sizes, shrinks = [], []
-    for us, weight in zip(unit_sets, set_weights):
+    for k, (us, weight) in enumerate(zip(unit_sets, set_weights)):
         group = param_group(optimizer, us.select(force.include)[0].param)
         if group is None or (not proximal and "betas" in group):
             return None
         lr = float(group["lr"])
-        norms, phi = unit_profile(force, us)
+        norms = unit_norms(force, us)
+        imp = importance[k] if importance is not None else None
+        phi = unit_profile(force, us, norms if imp is None else imp)[1]
         phi = phi.clamp_min(0)
         if proximal:
             rate = lr * force.beta * weight * phi

@@ -143,11 +143,13 @@ class Force(abc.ABC):
         d, anchor = self.distances(size, norms)
         return self.weights(self.normalised(d, size), norms, anchor, signs)
 
-    def penalty(self, sums: torch.Tensor, signs: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def penalty(self, sums: torch.Tensor, signs: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                importance: torch.Tensor | None = None) -> torch.Tensor:
         """``beta * reduce(phi * norm)`` for one unit set, from its per-unit sums (``(G,)``);
-        ``mask`` (``(G,)``, optional) multiplies ``phi`` (0 spares a unit)."""
+        ``mask`` (``(G,)``, optional) multiplies ``phi`` (0 spares a unit); ``importance``
+        (``(G,)``, optional) stands in for the norms in the profile (a ranked pivot ranks by it)."""
         norms = self.unit_norms(sums)
-        phi = self.profile(len(sums), norms, signs).to(norms.device, norms.dtype)
+        phi = self.profile(len(sums), norms if importance is None else importance, signs).to(norms.device, norms.dtype)
         if mask is not None:
             phi = phi * mask.to(phi.device, phi.dtype)
         total = (phi * norms).sum()

@@ -85,6 +85,7 @@ class RunConfig:
     target_params: float | None = option(None, "Keep this fraction of the dense model's parameters (budget controller); unset = none.")
     target_latency_ms: float | None = option(None, "Reach this latency (ms per forward pass of the example inputs) on this machine; unset = none.")
     spare_keepers: bool = option(False, "With a target: push only the units it needs gone (the weakest by force-weighted score, re-chosen at every controller update); the units that will be kept feel no force.")
+    importance: Literal["magnitude", "activation"] = option("magnitude", 'What ranks the units the force pushes and removal takes first: "magnitude" (force-weighted weight norm) or "activation" (Wanda\'s |W| x ||X||, input norms measured once on 128 training samples before the force phase: what a pretrained language model needs).')
     budget: dict = option({}, "Budget controller options: warmup, reach (fraction of training by which the target is met, default 0.7), every, gain, min_width, round_to, tolerance.")
     widths: dict | None = option(None, "Cut to these widths instead of removing zeros: {unit set name = units kept}; unset = lossless removal of exact zeros.")
     data_dir: str | None = option(None, "Dataset root directory; unset = $FORCEPRUNE_DATA, then ../shared/data beside the checkout, then ~/.cache/forceprune/data.")

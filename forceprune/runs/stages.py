@@ -95,9 +95,12 @@ def build_method(task, model: nn.Module, total_steps: int) -> Any:
     targets = task.targets(model) if hasattr(task, "targets") else {}
     targets = targets or {k: getattr(c, k) for k in TARGET_KEYS if getattr(c, k) is not None}
     budget = {"total_steps": total_steps, "budget": dict(c.budget)} if targets else {}
-    return ForcePruner(model, task.example_inputs, force=c.force, capture=c.capture, threshold=c.threshold,
-                       capture_every=c.capture_every, snap=c.snap, cost_power=c.cost_power, spare_keepers=c.spare_keepers,
-                       **options, **targets, **budget, **c.force_options)
+    pruner = ForcePruner(model, task.example_inputs, force=c.force, capture=c.capture, threshold=c.threshold,
+                         capture_every=c.capture_every, snap=c.snap, cost_power=c.cost_power, spare_keepers=c.spare_keepers,
+                         **options, **targets, **budget, **c.force_options)
+    if c.importance == "activation":  # Wanda calibrates on 128 samples
+        pruner.calibrate(task.train_batches, lambda m, b: task.objective(m, b), max_batches=-(-128 // c.batch_size))
+    return pruner
 
 
 def _objective(task, teacher: nn.Module | None):

@@ -99,9 +99,26 @@ def load_causal_lm(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.f
                               "supports.") from exc
     finally:
         transformers.logging.set_verbosity(verbosity)
+    if gguf_file is not None:
+        _drop_gguf_quantizer(model, folder / gguf_file)
     check_tokenizer(model, tokenizer)
     model.config.use_cache = False
     return model.eval(), tokenizer
+
+
+def _drop_gguf_quantizer(model, where: Path) -> None:
+    """Make a de-quantised GGUF model an ordinary one. transformers leaves its GGUF quantizer on
+    the model even when every weight was de-quantised to a plain float tensor, and then refuses
+    ``save_pretrained`` ("quantized with gguf and is not serializable"); a model whose
+    parameters are all floating point holds nothing quantized, so the quantizer goes."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    packed = sorted({n.rsplit(".", 1)[0] for n, p in model.named_parameters() if not p.is_floating_point()})
+    if packed:
+        raise ForcePruneError(f"{str(where)!r} loaded with quantized weights still packed ({packed[:3]}...); forceprune "
+                              "prunes float weights: load it de-quantised (dtype=torch.float32).")
+    quantizer.remove_quantization_config(model)
 
 
 def check_tokenizer(model, tokenizer) -> None:

@@ -1,0 +1,48 @@
+"""Checks of a :class:`~forceprune.ForcePruner`'s arguments and of the model it is given,
+each raising :class:`~forceprune.errors.ForcePruneError` with the fix."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .capture import CAPTURE_MODES
+from .errors import ForcePruneError, NonFiniteError
+from .units import UNIT_KINDS
+
+
+def check_options(capture: str, threshold: float, capture_every, snap, cost_power, kinds) -> None:
+    if capture not in CAPTURE_MODES:
+        raise ForcePruneError(f"capture={capture!r} is not supported; choose 'unit' or 'element'.")
+    if not (math.isfinite(threshold) and threshold >= 0):
+        raise ForcePruneError(f"threshold must be a finite number >= 0, got {threshold!r}; try 1e-3.")
+    if not isinstance(capture_every, int) or capture_every < 0:
+        raise ForcePruneError(f"capture_every must be an int >= 0, got {capture_every!r}.")
+    if not (isinstance(snap, (int, float)) and math.isfinite(snap) and snap >= 0):
+        raise ForcePruneError(f"snap must be a finite number >= 0, got {snap!r}; 1.0 is the proximal bound.")
+    if not (isinstance(cost_power, (int, float)) and 0 <= cost_power <= 4):
+        raise ForcePruneError(f"cost_power must be in [0, 4], got {cost_power!r}; 0 = uniform, 1 = MACs-proportional.")
+    if kinds is not None and (isinstance(kinds, str) or not set(kinds) <= set(UNIT_KINDS)):
+        raise ForcePruneError(f"kinds={kinds!r}: give a list of unit kinds from {UNIT_KINDS}, e.g. kinds=('head', 'neuron').")
+
+
+def check_materialised(model: nn.Module) -> None:
+    """Refuse a model whose weights are not materialised (meta device): nothing could be traced,
+    measured or removed."""
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
+    if meta:
+        raise ForcePruneError(
+            f"the model's tensors are on the meta device (not materialised), e.g. {meta[0]!r}: forceprune needs real "
+            "weights to trace, measure and remove units. Load the weights first (from_pretrained without "
+            "device_map='meta'/init_empty_weights, or model.to_empty(device='cpu') then load_state_dict)."
+        )
+
+
+def check_finite(model: nn.Module) -> None:
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise NonFiniteError(
+                f"parameter {name!r} contains NaN/Inf; removal would not be meaningful. "
+                "Restore a finite checkpoint (lower the learning rate or beta) and try again."
+            )
