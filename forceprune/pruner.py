@@ -31,7 +31,7 @@ from .latency import latency_budget
 from .metrics import count_macs_params
 from .preview import counts_if_removed, floor_masks, pruned_copy
 from .proximal import proximal_force_step
-from .pruner_checks import check_finite, check_materialised, check_options
+from .pruner_checks import check_finite, check_materialised, check_modules, check_options
 from .removal import keep_one, plan_removal, remove, removable_units
 from .scoring import cost_weights, force_field, prox_bounds, scores, signs, step_shrink, unit_costs
 from .report import PruneReport
@@ -171,21 +171,8 @@ class ForcePruner:
         module replaced after the pruner was built would silently escape the force and break
         removal). Checked on every 10th training call, and always before capture and removal."""
         self._calls += 1
-        if not always and self._calls % 10 != 1:
-            return
-        for name, module in self._watched:
-            try:
-                now = self.model.get_submodule(name)
-            except AttributeError:
-                now = None
-            if now is not module:
-                what = "removed" if now is None else f"replaced by a {type(now).__name__}"
-                raise ForcePruneError(
-                    f"module {name!r} was {what} after the ForcePruner was built: the pruner's unit sets still point at "
-                    "the old module, so the force and removal would act on weights the model no longer uses. Build a "
-                    "new ForcePruner after changing the model (pruner state can be carried over with "
-                    "state_dict()/load_state_dict() when the shapes are unchanged)."
-                )
+        if always or self._calls % 10 == 1:
+            check_modules(self.model, self._watched)
 
     def _uniform(self, removes: list[torch.Tensor]) -> list[torch.Tensor]:
         """With ``uniform``, the removal masks of what a uniform removal would take (the fewest

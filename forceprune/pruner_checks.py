@@ -46,3 +46,21 @@ def check_finite(model: nn.Module) -> None:
                 f"parameter {name!r} contains NaN/Inf; removal would not be meaningful. "
                 "Restore a finite checkpoint (lower the learning rate or beta) and try again."
             )
+
+
+def check_modules(model: nn.Module, watched: list[tuple[str, nn.Module]]) -> None:
+    """Each ``(name, module)`` a pruner's unit sets point at is still ``model``'s module of that
+    name: a module replaced after the pruner was built would escape the force and break removal."""
+    for name, module in watched:
+        try:
+            now = model.get_submodule(name)
+        except AttributeError:
+            now = None
+        if now is not module:
+            what = "removed" if now is None else f"replaced by a {type(now).__name__}"
+            raise ForcePruneError(
+                f"module {name!r} was {what} after the ForcePruner was built: the pruner's unit sets still point at "
+                "the old module, so the force and removal would act on weights the model no longer uses. Build a "
+                "new ForcePruner after changing the model (pruner state can be carried over with "
+                "state_dict()/load_state_dict() when the shapes are unchanged)."
+            )
