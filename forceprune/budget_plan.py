@@ -36,16 +36,25 @@ def must_go(scores: Sequence[torch.Tensor], costs: Sequence[float], dense_cost: 
     goal = (1.0 - target) * dense_cost
     if removed >= goal:
         return out
-    candidates = sorted((float(sc[i]), k, i) for k, sc in enumerate(scores) for i in range(len(sc)) if not out[k][i])
-    left = [len(d) - int(d.sum()) for d in out]
-    for _, k, i in candidates:
-        if removed >= goal:
-            break
-        if left[k] <= min_width:
-            continue
-        out[k][i] = True
-        left[k] -= 1
-        removed += costs[k]
+    # the candidates: per set, its live units weakest first, as many as it can spare; then all
+    # of them in one stable score order (ties: set, then index), taken while the goal is not met
+    sets, units, values = [], [], []
+    for k, (sc, d) in enumerate(zip(scores, out)):
+        live = torch.nonzero(~d).flatten()
+        spare = len(live) - min_width
+        if spare > 0:
+            weakest = live[torch.sort(sc[live].float(), stable=True).indices[:spare]]
+            sets.append(torch.full((spare,), k))
+            units.append(weakest)
+            values.append(sc[weakest].float())
+    if not units:
+        return out
+    order = torch.sort(torch.cat(values), stable=True).indices
+    sets_all, units_all = torch.cat(sets)[order], torch.cat(units)[order]
+    cost = torch.tensor([float(c) for c in costs], dtype=torch.float64)[sets_all]
+    take = int(((removed + torch.cumsum(cost, 0) - cost) < goal).sum())
+    for k in sets_all[:take].unique().tolist():
+        out[k][units_all[:take][sets_all[:take] == k]] = True
     return out
 
 

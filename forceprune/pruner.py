@@ -25,13 +25,13 @@ from .budget_plan import must_go, needed_scale
 from .activations import InputNorms, activation_scores, input_norms, reads
 from .budget_selection import capture_within_budget, equalize, uniform_classes
 from .capture import apply_captures, build_masks, clip_elements, enforce_zeros, find_captures
-from .errors import ForcePruneError, NonFiniteError
+from .errors import ForcePruneError
 from .forces import Force, resolve
 from .latency import latency_budget
 from .metrics import count_macs_params
 from .preview import counts_if_removed, floor_masks, pruned_copy
 from .proximal import proximal_force_step
-from .pruner_checks import check_finite, check_materialised, check_modules, check_options
+from .pruner_checks import check_finite, check_finite_penalty, check_materialised, check_modules, check_options
 from .removal import keep_one, plan_removal, remove, removable_units
 from .scoring import cost_weights, force_field, prox_bounds, scores, signs, step_shrink, unit_costs
 from .report import PruneReport
@@ -132,6 +132,7 @@ class ForcePruner:
         self.spare_keepers = bool(spare_keepers)
         self._force_masks: list[torch.Tensor] | None = None  # with spare_keepers: 1 = pushed, 0 = spared
         self._input_norms: InputNorms | None = None  # set by calibrate(): activation-aware scores
+        self._importance_at: tuple[int, list] | None = None  # (step, per-set importance) cache
         self._calls = 0
         self.uniform = bool((budget or {}).get("uniform", False))
         self._rebuild()
@@ -206,7 +207,6 @@ class ForcePruner:
         """Clear the optimizer state (momentum, Adam moments) of captured units from now on."""
         self.optimizer = optimizer
 
-    # -- training-time API -------------------------------------------------------------------
     @property
     def scale(self) -> float:
         """The budget controller's current multiplier of the force (1 without a budget)."""
@@ -215,18 +215,14 @@ class ForcePruner:
     def penalty(self) -> torch.Tensor:
         """The force penalty: a differentiable scalar to add to the task loss."""
         self._check_modules()
-        if self.scale == 0.0:
-            return torch.zeros((), device=model_device(self.model))
         total = torch.zeros((), device=model_device(self.model))
+        if self.scale == 0.0:
+            return total
         for k, (us, weight, imp) in enumerate(zip(self.unit_sets, self._set_weights, self._importance())):
             sums = us.unit_sums(self.force.include, self.force.power)
             mask = self._force_masks[k] if self._force_masks is not None else None
             total = total + weight * self.force.penalty(sums, signs(self.force, us), mask, imp)
-        if not torch.isfinite(total):
-            raise NonFiniteError(
-                "the force penalty is NaN/Inf: the weights have diverged. Lower the learning rate or beta, "
-                "or check the inputs for NaN."
-            )
+        check_finite_penalty(total)
         return total * self.scale if self.scale != 1.0 else total
 
     def proximal_step(self, lr: float | None = None) -> None:
@@ -242,6 +238,8 @@ class ForcePruner:
                 raise ForcePruneError("proximal_step() needs lr= or an optimizer: call pruner.attach_optimizer(optimizer) first.")
             lr = float(self.optimizer.param_groups[0]["lr"])
         self._proximal = True
+        if self.scale == 0.0:
+            return
         proximal_force_step(self.force, self.unit_sets, self._set_weights, self.scale, float(lr), self._force_masks,
                             self._importance())
 
@@ -262,14 +260,13 @@ class ForcePruner:
             self.controller.update(self.steps, self.kept_fraction(), self._needed_scale())
 
     def calibrate(self, batches, run_batch, max_batches: int = 32) -> None:
-        """Rank units by what flows through them. Measures, once, the L2 norm of every input
-        channel of the layers that read a unit set (``run_batch(model, batch)`` runs the model
-        on each of the first ``max_batches`` batches); from then on the units a budget pushes
-        (``spare_keepers``), captures first and removes first go by Wanda's ``|W| x ||X||``
-        with the current weights (:mod:`forceprune.activations`) instead of the weight norm --
-        what a pretrained language model needs. Unit sets no measured layer reads keep weight
-        norms. A removal ends it (the widths change): calibrate again to keep it."""
+        """Rank units by what flows through them: measure once the input-channel norms of the
+        layers that read each unit set (``run_batch(model, batch)`` on the first
+        ``max_batches``); from then on pushing, capture and removal go by Wanda's ``|W| x ||X||``
+        with the live weights (:mod:`forceprune.activations`), as a pretrained LM needs. Sets no
+        measured layer reads keep weight norms; a removal ends it (the widths change)."""
         self._input_norms = input_norms(self.model, self.unit_sets, batches, run_batch, max_batches)
+        self._importance_at = None
 
     def unit_scores(self) -> list[torch.Tensor]:
         """``(G,)`` force-weighted importance per unit set (:func:`~forceprune.scoring.scores`),
@@ -277,10 +274,15 @@ class ForcePruner:
         return [scores(self.force, us, imp) for us, imp in zip(self.unit_sets, self._importance())]
 
     def _importance(self) -> list[torch.Tensor | None]:
-        """Per unit set, the activation-aware importance that stands in for the weight norm in
-        the force profile and the scores (None: not calibrated, or no measured layer reads it)."""
+        """Per set, the activation-aware importance standing in for the weight norm (None: not
+        calibrated, or no measured layer reads the set); computed once per training step."""
         norms = self._input_norms
-        return [activation_scores(us, norms) if norms and reads(us, norms) else None for us in self.unit_sets]
+        if not norms:
+            return [None] * len(self.unit_sets)
+        if self._importance_at is None or self._importance_at[0] != self.steps:
+            self._importance_at = (self.steps, [activation_scores(us, norms) if reads(us, norms) else None
+                                                for us in self.unit_sets])
+        return self._importance_at[1]
 
     def _needed_scale(self) -> float | None:
         """The scale that zeroes, before the budget's ``reach``, the units its target needs gone
@@ -363,7 +365,6 @@ class ForcePruner:
         the model itself is untouched (:func:`forceprune.preview.pruned_copy`)."""
         return pruned_copy(self.model, self.unit_sets, self._inputs(), removable)
 
-    # -- introspection -------------------------------------------------------------------------
     @property
     def units_captured(self) -> int:
         """Units held at exactly zero so far (over every unit set)."""
@@ -420,7 +421,8 @@ class ForcePruner:
         for us in self.unit_sets:
             us.dead = torch.zeros(0, dtype=torch.bool)  # stale after surgery; _rebuild() resets
         self._rebuild(allow_empty=True)
-        self._summary_cache = self._counts_now = self._unit_costs = self._force_masks = self._input_norms = None
+        self._summary_cache = self._counts_now = self._unit_costs = self._force_masks = None
+        self._input_norms = self._importance_at = None
         return report
 
     # -- state -------------------------------------------------------------------------------------
@@ -432,7 +434,7 @@ class ForcePruner:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.steps = int(state["steps"])
+        self.steps, self._importance_at = int(state["steps"]), None
         if self.controller is not None and "controller" in state:
             self.controller.load_state_dict(state["controller"])
         for us in self.unit_sets:

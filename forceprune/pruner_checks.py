@@ -64,3 +64,9 @@ def check_modules(model: nn.Module, watched: list[tuple[str, nn.Module]]) -> Non
                 "new ForcePruner after changing the model (pruner state can be carried over with "
                 "state_dict()/load_state_dict() when the shapes are unchanged)."
             )
+
+
+def check_finite_penalty(total: torch.Tensor) -> None:
+    if not torch.isfinite(total):
+        raise NonFiniteError("the force penalty is NaN/Inf: the weights have diverged. Lower the learning rate or beta, "
+                             "or check the inputs for NaN.")

@@ -28,3 +28,33 @@ def test_needed_scale_zeroes_the_slowest_unit_that_must_go_in_time():
     assert needed_scale(norms, shrink, [torch.zeros(3, dtype=torch.bool)], dead, 5) is None
     assert needed_scale(norms, [torch.tensor([0.0, 0.2, 0.3])], go, dead, 5) is None, "a unit the force cannot move"
     assert needed_scale(norms, shrink, go, dead, steps_left=0) is None
+
+
+def _greedy_reference(scores, costs, dense_cost, target, dead, min_width):
+    """must_go's rule one unit at a time: captured units, then live ones by (score, set, index)
+    while the removed cost is below the goal, skipping a set down to min_width."""
+    out = [d.clone().bool() for d in dead]
+    removed = sum(float(d.sum()) * c for d, c in zip(out, costs))
+    goal = (1.0 - target) * dense_cost
+    left = [len(d) - int(d.sum()) for d in out]
+    for _, k, i in sorted((float(sc[i]), k, i) for k, sc in enumerate(scores) for i in range(len(sc)) if not out[k][i]):
+        if removed >= goal:
+            break
+        if left[k] > min_width:
+            out[k][i], left[k], removed = True, left[k] - 1, removed + costs[k]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_must_go_matches_the_unit_by_unit_greedy_rule(seed):
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, 6, (1,), generator=g))
+    sizes = torch.randint(1, 12, (n,), generator=g).tolist()
+    scores = [torch.randint(0, 4, (s,), generator=g).float() for s in sizes]  # many ties
+    dead = [torch.rand(s, generator=g) < 0.2 for s in sizes]
+    costs = [float(c) for c in torch.randint(1, 4, (n,), generator=g)]
+    dense = sum(s * c for s, c in zip(sizes, costs))
+    target, min_width = float(torch.rand(1, generator=g)), int(torch.randint(0, 3, (1,), generator=g))
+    got = must_go(scores, costs, dense, target, dead, min_width)
+    want = _greedy_reference(scores, costs, dense, target, dead, min_width)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -217,5 +217,9 @@ def test_llm_suite_harness_on_a_tiny_llama(lm_files, tmp_path):
     assert len(set(rows["tp_group_norm"]["ffn_after"])) == 1, "Torch-Pruning's LLM recipe: one width per layer"
     assert result["dense"]["ppl"] == pytest.approx(rows["etp"]["ppl_dense"]) and result["dense"]["ppl_out_of_domain"] > 0
     assert all(r["ppl_dense"] == pytest.approx(result["dense"]["ppl"]) for r in rows.values()), "one dense model"
-    assert "| 0.7 | wanda_sp |" in (tmp_path / "out" / "llm.md").read_text()
+    assert rows["etp"]["calibration_s"] > 0, "ETP ranks by activation: calibrated, and timed apart from construction"
+    finetuned = result["dense"]["finetuned"]
+    assert finetuned["ppl"] > 0 and finetuned["epochs"] == 2.5, "the dense reference trains ETP's force + recovery epochs"
+    text = (tmp_path / "out" / "llm.md").read_text()
+    assert "| 0.7 | wanda_sp |" in text and "without pruning" in text
     assert (tmp_path / "out" / "llm.png").stat().st_size > 0

@@ -75,9 +75,10 @@ class Trained:
     teacher: nn.Module | None = None
 
 
-def build_method(task, model: nn.Module, total_steps: int) -> Any:
-    """The pruning method of the task's config: a :class:`~forceprune.ForcePruner`, a baseline,
-    or None (``force = "none"``: nothing is pruned)."""
+def build_method(task, model: nn.Module, total_steps: int, calibrate: bool = True) -> Any:
+    """The pruning method of the task's config: a :class:`~forceprune.ForcePruner` (with
+    ``calibrate``, calibrated as :func:`calibrate_method` says), a baseline, or None
+    (``force = "none"``: nothing is pruned)."""
     from ..baselines import FISHER, GROUP_NORM, WANDA, FisherSearch, GroupNormWidths, WandaSp
     from ..pruner import ForcePruner
 
@@ -98,9 +99,17 @@ def build_method(task, model: nn.Module, total_steps: int) -> Any:
     pruner = ForcePruner(model, task.example_inputs, force=c.force, capture=c.capture, threshold=c.threshold,
                          capture_every=c.capture_every, snap=c.snap, cost_power=c.cost_power, spare_keepers=c.spare_keepers,
                          **options, **targets, **budget, **c.force_options)
-    if c.importance == "activation":  # Wanda calibrates on 128 samples
-        pruner.calibrate(task.train_batches, lambda m, b: task.objective(m, b), max_batches=-(-128 // c.batch_size))
+    if calibrate:
+        calibrate_method(task, pruner)
     return pruner
+
+
+def calibrate_method(task, pruner) -> None:
+    """With ``importance = "activation"``, measure the input norms that rank the pruner's units,
+    on 128 training samples (as Wanda calibrates) of the model as it is now."""
+    c = task.config
+    if c.importance == "activation":
+        pruner.calibrate(task.train_batches, lambda m, b: task.objective(m, b), max_batches=-(-128 // c.batch_size))
 
 
 def _objective(task, teacher: nn.Module | None):
