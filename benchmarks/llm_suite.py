@@ -259,13 +259,19 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    """Final in-domain perplexity against the non-embedding reduction, one line per method."""
+    """Final in-domain perplexity (log scale: the magnitude baseline is thousands of times worse)
+    against the non-embedding reduction, one line per method, with the pretrained and the
+    fine-tuned dense models as references."""
     from forceprune.visual.plots import curve_axes
 
     with curve_axes(path, title="SmolLM2-135M", xlabel="non-embedding parameters reduction (dense / pruned)",
-                    ylabel="held-out perplexity (in domain)") as ax:
-        if result["dense"]:
-            ax.axhline(result["dense"]["ppl"], color="k", lw=1, ls="--", label="dense")
+                    ylabel="held-out perplexity (in domain, log)") as ax:
+        ax.set_yscale("log")
+        dense = result["dense"]
+        if dense:
+            ax.axhline(dense["ppl"], color="k", lw=1, ls="--", label="dense (pretrained)")
+        if dense.get("finetuned"):
+            ax.axhline(dense["finetuned"]["ppl"], color="k", lw=1, ls=":", label="dense fine-tuned, no pruning")
         for method in dict.fromkeys(r["method"] for r in result["points"]):
             rows = sorted((r["nonembedding_reduction"], r["ppl_final"]) for r in result["points"] if r["method"] == method)
             ax.plot(*zip(*rows), marker="o", label=method)
