@@ -76,6 +76,6 @@ def activation_scores(us: UnitSet, norms: InputNorms) -> torch.Tensor:
     out = torch.zeros(us.size, dtype=torch.float64)
     with torch.no_grad():
         for s in readers:
-            per_position = s.elements().detach().abs().double().sum(1).cpu() * norms[id(s.module)][s.index.cpu()]
+            per_position = s.position_sums(1).detach().double().cpu() * norms[id(s.module)][s.index.cpu()]
             out.index_add_(0, s.unit.cpu(), per_position)
     return out.float()
