@@ -101,7 +101,15 @@ def main(suite: str, data_dir: str | None = None, output_dir: str | None = None,
     if unknown:
         raise ForcePruneError(f"unknown methods {unknown}; available: {', '.join(ALL_METHODS)}.")
     started = time.perf_counter()
-    points = []
+    command = f"forceprune bench {suite}"
+    if data_dir:
+        command += f" --data-dir {data_dir}"
+    if "seeds" in overrides:
+        command += f" --seeds {','.join(map(str, spec.seeds))}"
+    if "methods" in overrides:
+        command += f" --methods {','.join(spec.methods)}"
+    points: list[dict] = []
+    result: dict = {}
     for seed in spec.seeds:
         for method in spec.methods:
             runs = [(1.0, None)] if method == "dense" else [(level, None) for level in spec.levels]
@@ -111,12 +119,12 @@ def main(suite: str, data_dir: str | None = None, output_dir: str | None = None,
                 point = run_point(spec, method, level, seed, data_dir, beta=beta)
                 points.append(point)
                 print(_point_line(point), flush=True)
-    result = {
-        "suite": asdict(spec), "points": points, "summary": summarise(points),
-        "wall_s": time.perf_counter() - started, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-        "command": f"forceprune bench {suite}" + (f" --data-dir {data_dir}" if data_dir else ""),
-    }
-    write_result(result, Path(output_dir or "benchmarks/results"), suite, markdown, plot)
+                result = {  # rewritten after every point: a stopped suite keeps what ran
+                    "suite": asdict(spec), "points": points, "summary": summarise(points),
+                    "wall_s": time.perf_counter() - started, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+                    "command": command,
+                }
+                write_result(result, Path(output_dir or "benchmarks/results"), suite, markdown, plot)
     return result
 
 

@@ -28,3 +28,22 @@ def test_smoke_suite_writes_json_markdown_and_plot(data_dir, tmp_path):
 def test_unknown_suite_names_the_available_ones():
     with pytest.raises(ValueError, match="available: quick"):
         bench.main("nope")
+
+
+def test_a_stopped_suite_keeps_the_points_that_ran(data_dir, tmp_path, monkeypatch):
+    from benchmarks import vision
+
+    original, calls = vision.run_point, []
+
+    def stops_at_the_second(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(vision, "run_point", stops_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main("smoke", data_dir=data_dir, output_dir=str(tmp_path), seeds=(3,))
+    saved = json.loads((tmp_path / "smoke.json").read_text())
+    assert len(saved["points"]) == 1 and saved["points"][0]["seed"] == 3
+    assert saved["command"].endswith("--seeds 3"), "the command says how to reproduce it"
