@@ -308,19 +308,18 @@ def _times(before: float, after: float) -> str:
 
 def print_report(report: dict[str, Any], out_dir: Path) -> None:
     """Final summary table of a run (rich)."""
-    split = report.get("eval_split", "test")
-    rows = [
-        ("Accuracy: dense baseline", _percent(report["acc_dense"])),
-        ("Accuracy: before removal", _percent(report["acc_before_removal"])),
-        ("Accuracy: after removal", _percent(report["acc_after_removal"])),
-        (f"Accuracy: final ({split})", _percent(report["acc_final"])),
-        *[(f"Accuracy: final ({name})", _percent(report[f"acc_{name}"])) for name in report.get("extra_splits", [])],
-        ("Accuracy: best epoch (reference, not used)", _percent(report["acc_best"])),
+    rows = _quality_rows(report) + [
         ("MACs per sample", f"{report['macs_before']:,} -> {report['macs_after']:,}  "
                             f"({_times(report['macs_before'], report['macs_after'])})"),
         ("Parameters", f"{report['params_before']:,} -> {report['params_after']:,}  "
                        f"({_times(report['params_before'], report['params_after'])})"),
     ]
+    if "nonembedding_params_before" in report:
+        before, after = report["nonembedding_params_before"], report["nonembedding_params_after"]
+        rows.append(("Non-embedding parameters", f"{before:,} -> {after:,}  ({_times(before, after)})"))
+    decode = (report.get("comparison") or {}).get("decode_tokens_per_s")
+    if decode:
+        rows.append(("Decode tokens/s, batch 1", f"{decode['dense']:.1f} -> {decode['pruned']:.1f}"))
     for batch, before in report["latency_ms_before"].items():
         after = report["latency_ms_after"][batch]
         rows.append((f"Latency, batch {batch}", f"{before:.3f} -> {after:.3f} ms  ({_times(before, after)})"))
@@ -328,6 +327,25 @@ def print_report(report: dict[str, Any], out_dir: Path) -> None:
         rows.append(("Max output error of removal", f"{report['max_output_error']:.2e}"))
     _print_table(f"forceprune: {report['model']} / {report['dataset']} / force {report['force']}", rows,
                  f"report: {out_dir / 'report.html'}")
+
+
+def _quality_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """Perplexity rows for a language model, accuracy rows otherwise."""
+    split, extra = report.get("eval_split", "test"), report.get("extra_splits", [])
+    if "ppl_dense" in report:
+        def ppl(v):
+            return "-" if v is None else f"{v:.2f}"
+        return [("Perplexity: dense baseline", ppl(report["ppl_dense"])),
+                ("Perplexity: before removal", ppl(report["ppl_before_removal"])),
+                ("Perplexity: after removal", ppl(report["ppl_after_removal"])),
+                (f"Perplexity: final ({split})", ppl(report["ppl_final"])),
+                *[(f"Perplexity: final ({name})", ppl(report[f"ppl_{name}"])) for name in extra]]
+    return [("Accuracy: dense baseline", _percent(report["acc_dense"])),
+            ("Accuracy: before removal", _percent(report["acc_before_removal"])),
+            ("Accuracy: after removal", _percent(report["acc_after_removal"])),
+            (f"Accuracy: final ({split})", _percent(report["acc_final"])),
+            *[(f"Accuracy: final ({name})", _percent(report[f"acc_{name}"])) for name in extra],
+            ("Accuracy: best epoch (reference, not used)", _percent(report["acc_best"]))]
 
 
 def _print_table(title: str, rows: list[tuple[str, str]], caption: str) -> None:

@@ -86,7 +86,7 @@ def test_token_sequences_and_batches():
         token_sequences(Tokens(), ["aa"], context=8)
 
 
-def test_a_language_model_is_pruned_end_to_end_with_a_target_and_distillation(lm_files):
+def test_a_language_model_is_pruned_end_to_end_with_a_target_and_distillation(lm_files, capsys):
     root, model = lm_files
     config = _config(root, model, target_nonembedding=0.7, budget={"every": 2}, distill={"alpha": 0.5, "temperature": 2.0},
                      prune_kinds=["kv_group", "neuron"])
@@ -104,6 +104,13 @@ def test_a_language_model_is_pruned_end_to_end_with_a_target_and_distillation(lm
     assert set(report["comparison"]["decode_tokens_per_s"]) == {"dense", "pruned"}
     saved = json.loads((root / "run" / "report.json").read_text())
     assert saved["ppl_final"] == report["ppl_final"]
+    page = (root / "run" / "report.html").read_text()
+    assert "Held-out perplexity" in page and "Greedy generations" in page and "top-1" not in page
+    from forceprune.cli import print_report
+
+    print_report(report, root / "run")
+    printed = capsys.readouterr().out
+    assert "Perplexity: after removal" in printed and "Non-embedding parameters" in printed and "Accuracy" not in printed
     from forceprune.runs import evaluate_run
 
     assert evaluate_run(root / "run")["perplexity"] == pytest.approx(report["ppl_final"], rel=1e-9), "reloads bit-identical"

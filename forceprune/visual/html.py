@@ -16,7 +16,7 @@ h1{font-size:1.5rem;margin-bottom:.2rem} h2{font-size:1.15rem;margin-top:2rem;bo
 .sub{color:#666;margin-top:0} table{border-collapse:collapse;margin:.5rem 0} td,th{padding:.25rem .8rem;border-bottom:1px solid #eee;text-align:right}
 td:first-child,th:first-child{text-align:left} th{background:#f6f6f6} .good{color:#2a7d2a;font-weight:600}
 img{max-width:100%;border:1px solid #eee;margin:.5rem 0} pre{background:#f6f6f6;padding:.8rem;overflow-x:auto;font-size:.85rem}
-.note{color:#666;font-size:.85rem}
+.note{color:#666;font-size:.85rem} table.text td{text-align:left}
 """
 
 
@@ -55,11 +55,35 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
         ["MACs per sample", _fmt(report.get("macs_before")), _fmt(report.get("macs_after")),
          _ratio(report.get("macs_before"), report.get("macs_after"))],
     ]
+    if "nonembedding_params_before" in report:
+        rows.append(["Non-embedding parameters", _fmt(report["nonembedding_params_before"]),
+                     _fmt(report.get("nonembedding_params_after")),
+                     _ratio(report["nonembedding_params_before"], report.get("nonembedding_params_after"))])
     after = report.get("latency_ms_after") or {}
     for batch, before in (report.get("latency_ms_before") or {}).items():
         rows.append([f"Latency, batch {_e(batch)} (ms)", _fmt(before, 3), _fmt(after.get(batch), 3),
                      _ratio(before, after.get(batch))])
+    decode = (report.get("comparison") or {}).get("decode_tokens_per_s")
+    if decode:  # more is better: the ratio is after / before
+        rows.append(["Decode tokens/s, batch 1", _fmt(decode.get("dense"), 1), _fmt(decode.get("pruned"), 1),
+                     _ratio(decode.get("pruned"), decode.get("dense"))])
     return rows
+
+
+def quality_section(report: dict[str, Any]) -> str:
+    """The quality table: held-out perplexity for a language model, top-1 accuracy otherwise."""
+    split = _e(report.get("eval_split", "test"))
+    if "ppl_dense" not in report:
+        return f"<h2>Accuracy ({split} set, top-1)</h2>" + _table(["Stage", "Accuracy"], accuracy_rows(report))
+    stages = [("Dense baseline", "ppl_dense"), ("Force-trained, before removal", "ppl_before_removal"),
+              ("After removal (no recovery)", "ppl_after_removal"), (f"Final ({split})", "ppl_final"),
+              *[(f"Final ({name})", f"ppl_{name}") for name in report.get("extra_splits", [])]]
+    rows = [[label, _fmt(report.get(key), 2)] for label, key in stages if report.get(key) is not None]
+    gens = (report.get("comparison") or {}).get("generations") or []
+    generations = _table(["Prompt", "Before removal", "Final"],
+                         [[_e(g["prompt"]), _e(g.get("dense", "")), _e(g.get("pruned", ""))] for g in gens])
+    return ("<h2>Held-out perplexity</h2>" + _table(["Stage", "Perplexity"], rows)
+            + ("<h2>Greedy generations</h2>" + generations.replace("<table>", "<table class='text'>", 1) if gens else ""))
 
 
 def accuracy_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -90,7 +114,7 @@ def render_html(report: dict[str, Any], pictures: dict[str, Path], path: str | P
         f" &middot; {_e(report.get('epochs'))} force epochs &middot; training time {_fmt(report.get('train_wall_s'), 0, ' s')}"
         f" (sum over epochs) &middot; this command {_fmt(report.get('wall_s'), 0, ' s')}</p>",
         f"<p class='note'>Dataset note: {_e(note)}</p>" if note else "",
-        f"<h2>Accuracy ({_e(report.get('eval_split', 'test'))} set, top-1)</h2>", _table(["Stage", "Accuracy"], accuracy_rows(report)),
+        quality_section(report),
         "<h2>Size and speed</h2>", _table(["Quantity", "Before", "After", "Reduction"], summary_rows(report)),
         f"<p class='note'>Max output error of removal (pruned vs unpruned model, same weights): {error}. "
         "Latency: median over repeats, dense and pruned models measured side by side in one process.</p>",
