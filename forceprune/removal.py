@@ -397,21 +397,18 @@ def output_error(before, after) -> float:
 # ---------------------------------------------------------------------------------------------
 # the lossless check
 # ---------------------------------------------------------------------------------------------
-#: Largest relative output change of a removal of exact zeros re-measured in float64. Rounding
-#: there is ~1e-15 even through 30 layers; constants folded at float32 precision add ~1e-7; a
-#: wrong unit mapping changes outputs by about as much in float64 as in float32 (>= 1e-5).
+#: Largest relative change of a removal of exact zeros re-measured in float64: rounding there is
+#: ~1e-15, float32-folded constants ~1e-7; a wrong mapping changes float64 outputs as much (>= 1e-5).
 FLOAT64_TOLERANCE = 1e-6
 
 
 def _check_lossless(model: nn.Module, backup: nn.Module, plans: list[RemovalPlan], constants: dict, inputs,
                     y_before, error: float) -> list[str]:
     """Raise :class:`LossyRemovalError` (after restoring ``model`` from ``backup``) when the
-    exact plans changed the outputs; return warnings for a change that was rounding.
-
-    Above the float32 :func:`exactness_tolerance`, the exact plans are carried out again on a
-    float64 copy of ``backup``: at most :data:`FLOAT64_TOLERANCE` there means the units were
-    silent and float32 rounding grew with depth (accepted, with a warning). Otherwise each exact
-    plan is re-applied alone (in float64) to find the ones at fault."""
+    exact plans changed the outputs; return warnings for a change that was rounding. Above the
+    float32 :func:`exactness_tolerance` the exact plans are redone on a float64 copy of
+    ``backup``: within :data:`FLOAT64_TOLERANCE` the units were silent and float32 rounding grew
+    with depth (a warning); otherwise each exact plan alone (float64) finds the ones at fault."""
     tol = exactness_tolerance(model)
     if error <= tol:
         return []
