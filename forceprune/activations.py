@@ -2,7 +2,7 @@
 
 On a pretrained language model the size of a unit's weights says little about what it does:
 removing the 27 % of SmolLM2-135M's FFN neurons with the smallest weight norms takes held-out
-perplexity from 159 to ~1e7, removing those with the smallest ``|W| x ||X||`` to 252
+perplexity from 159 to ~1e7, removing those with the smallest ``|W| x ||X||`` to ~255
 (BENCHMARKS.md §10). What a unit contributes is its weights *times what flows through them*.
 
 * :func:`input_norms` measures, once, the L2 norm of every input channel of the layers that
