@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from forceprune.baselines import METHODS as TP_METHODS
-from forceprune.errors import ForcePruneError
+from forceprune.errors import ForcePruneError, NonFiniteError
 
 from .common import fmt_cell, machine, step_overhead, write_result
 
@@ -116,7 +116,10 @@ def main(suite: str, data_dir: str | None = None, output_dir: str | None = None,
             if method in FORCE_METHODS:
                 runs += [(None, beta) for beta in spec.betas]
             for level, beta in runs:
-                point = run_point(spec, method, level, seed, data_dir, beta=beta)
+                try:
+                    point = run_point(spec, method, level, seed, data_dir, beta=beta)
+                except NonFiniteError as exc:  # a diverged point is a result, not the end of the suite
+                    point = {"method": method, "level": level, "seed": seed, "beta": beta, "diverged": str(exc)}
                 points.append(point)
                 print(_point_line(point), flush=True)
                 result = {  # rewritten after every point: a stopped suite keeps what ran
@@ -254,7 +257,9 @@ def summarise(points: list[dict]) -> list[dict]:
             vals = [p[key] for p in ps if p.get(key) is not None]
             row[key] = statistics.mean(vals) if vals else None
             row[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else None
-        row["delta_vs_dense"] = row["acc_final"] - dense_mean if dense_mean is not None else None
+        row["diverged"] = sum(1 for p in ps if p.get("diverged"))
+        row["delta_vs_dense"] = (row["acc_final"] - dense_mean
+                                 if dense_mean is not None and row["acc_final"] is not None else None)
         drops = [p["acc_before_removal"] - p["acc_after_removal"] for p in ps if p.get("acc_after_removal") is not None]
         row["removal_drop"] = statistics.mean(drops) if drops else None
         for lat in ("eager_b1", "eager_b64", "ort_b1", "ort_b64"):
@@ -262,6 +267,12 @@ def summarise(points: list[dict]) -> list[dict]:
             row[f"speedup_{lat}"] = statistics.mean(vals) if vals else None
         rows.append(row)
     return rows
+
+
+def _final_cell(r: dict) -> str:
+    """``mean ± std`` of the final accuracy, saying how many seeds diverged (NaN loss)."""
+    cell = f"{fmt_cell(r['acc_final'])} ± {fmt_cell(r['acc_final_std'])}" if r["acc_final"] is not None else "–"
+    return cell + (f" (diverged in {r['diverged']}/{r['seeds']} seeds)" if r.get("diverged") else "")
 
 
 def markdown(result: dict) -> str:
@@ -286,7 +297,7 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {r['method']} | {target} | {fmt_cell(r['macs_reduction'], '{:.1f}×')} | {fmt_cell(r['macs_reached_vs_target'])} "
             f"| {fmt_cell(r['acc_before_removal'])} | {fmt_cell(r['acc_after_removal'])} "
-            f"| {fmt_cell(r['acc_final'])} ± {fmt_cell(r['acc_final_std'])} | {fmt_cell(r['delta_vs_dense'], '{:+.2f}')} "
+            f"| {_final_cell(r)} | {fmt_cell(r['delta_vs_dense'], '{:+.2f}')} "
             f"| {fmt_cell(r['removal_drop'], '{:+.2f}')} "
             f"| {fmt_cell(r['speedup_eager_b1'], '{:.2f}×')} / {fmt_cell(r['speedup_eager_b64'], '{:.2f}×')} "
             f"| {fmt_cell(r['speedup_ort_b1'], '{:.2f}×')} / {fmt_cell(r['speedup_ort_b64'], '{:.2f}×')} "
@@ -308,7 +319,10 @@ def plot(result: dict, path: Path) -> None:
     with curve_axes(path, title=f"{suite['name']}: {suite['model']} / {suite['dataset']}", logx=True,
                     xlabel="MACs reduction (dense MACs / pruned MACs, log scale)", ylabel="final test accuracy (%)") as ax:
         for name in dict.fromkeys(series(r) for r in rows):
-            pts = sorted((r["macs_reduction"], r["acc_final"], r["acc_final_std"] or 0) for r in rows if series(r) == name)
+            pts = sorted((r["macs_reduction"], r["acc_final"], r["acc_final_std"] or 0) for r in rows
+                         if series(r) == name and r["acc_final"] is not None)
+            if not pts:  # every point of this method diverged
+                continue
             xs, ys, es = zip(*pts)
             if name == "dense":
                 style = {"marker": "*", "markersize": 12, "linestyle": "none"}
@@ -319,6 +333,8 @@ def plot(result: dict, path: Path) -> None:
 
 def _point_line(p: dict) -> str:
     at = f"beta {p['beta']:<6g}" if p.get("beta") is not None else f"level {p['level']:<5}"
+    if p.get("diverged"):
+        return f"{p['method']:>14} {at} seed {p['seed']}: diverged ({p['diverged']})"
     return (f"{p['method']:>14} {at} seed {p['seed']}: final {p['acc_final']:.2f}%  "
             f"MACs {p['macs_reduction']:.1f}x  ({p['train_s']:.0f}s)")
 

@@ -47,3 +47,22 @@ def test_a_stopped_suite_keeps_the_points_that_ran(data_dir, tmp_path, monkeypat
     saved = json.loads((tmp_path / "smoke.json").read_text())
     assert len(saved["points"]) == 1 and saved["points"][0]["seed"] == 3
     assert saved["command"].endswith("--seeds 3"), "the command says how to reproduce it"
+
+
+def test_a_diverged_point_is_reported_and_the_suite_goes_on(data_dir, tmp_path, monkeypatch):
+    from benchmarks import vision
+    from forceprune.errors import NonFiniteError
+
+    original = vision.run_point
+
+    def tp_diverges(spec, method, *args, **kwargs):
+        if method == "tp_group_norm":
+            raise NonFiniteError("the loss is nan at step 3 of the force phase")
+        return original(spec, method, *args, **kwargs)
+
+    monkeypatch.setattr(vision, "run_point", tp_diverges)
+    result = bench.main("smoke", data_dir=data_dir, output_dir=str(tmp_path))
+    assert {p["method"] for p in result["points"]} == {"etp", "tp_group_norm"}, "the points after it ran"
+    (row,) = [r for r in result["summary"] if r["method"] == "tp_group_norm"]
+    assert row["diverged"] == 1 and row["acc_final"] is None
+    assert "diverged in 1/1 seeds" in (tmp_path / "smoke.md").read_text()
