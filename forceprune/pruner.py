@@ -168,9 +168,8 @@ class ForcePruner:
         self._classes = uniform_classes([(us.kind, us.size) for us in self.unit_sets])
 
     def _check_modules(self, always: bool = False) -> None:
-        """Every module the unit sets point at is still the model's module of that name (a
-        module replaced after the pruner was built would silently escape the force and break
-        removal). Checked on every 10th training call, and always before capture and removal."""
+        """:func:`~forceprune.pruner_checks.check_modules` on every 10th training call, and
+        always before capture and removal."""
         self._calls += 1
         if always or self._calls % 10 == 1:
             check_modules(self.model, self._watched)
@@ -207,6 +206,7 @@ class ForcePruner:
         """Clear the optimizer state (momentum, Adam moments) of captured units from now on."""
         self.optimizer = optimizer
 
+    # -- training-time API -------------------------------------------------------------------
     @property
     def scale(self) -> float:
         """The budget controller's current multiplier of the force (1 without a budget)."""
@@ -296,8 +296,7 @@ class ForcePruner:
                                 else [float(us.numel("all").mean()) for us in self.unit_sets])
         dense = self.macs_dense if budget.metric == "macs" else self.params_dense
         dead = [us.dead for us in self.unit_sets]
-        go = must_go(self.unit_scores(), self._unit_costs, dense, budget.target, dead,
-                     budget.min_width)
+        go = must_go(self.unit_scores(), self._unit_costs, dense, budget.target, dead, budget.min_width)
         if self.spare_keepers:
             self._force_masks = [g.float() for g in go]
         rates = step_shrink(self.force, self.unit_sets, self._set_weights, self.optimizer, self._proximal,
@@ -365,6 +364,7 @@ class ForcePruner:
         the model itself is untouched (:func:`forceprune.preview.pruned_copy`)."""
         return pruned_copy(self.model, self.unit_sets, self._inputs(), removable)
 
+    # -- introspection -------------------------------------------------------------------------
     @property
     def units_captured(self) -> int:
         """Units held at exactly zero so far (over every unit set)."""

@@ -87,9 +87,9 @@ def build_method(task, model: nn.Module, total_steps: int, calibrate: bool = Tru
         return None
     if c.force == GROUP_NORM:
         return GroupNormWidths(model, task.example_inputs, c.widths, **options)
-    if c.force == WANDA:  # Wanda calibrates on 128 sequences
+    if c.force == WANDA:
         return WandaSp(model, task.example_inputs, c.widths, task.train_batches, lambda m, b: task.objective(m, b),
-                       max_batches=-(-128 // c.batch_size), **options)
+                       max_batches=_calibration_batches(c), **options)
     if c.force == FISHER:  # Kwon et al. use 2,048 calibration samples
         return FisherSearch(model, task.example_inputs, c.target_macs, task.train_batches, lambda m, b: task.objective(m, b)[0],
                             max_batches=-(-2048 // c.batch_size), **options)
@@ -109,7 +109,12 @@ def calibrate_method(task, pruner) -> None:
     on 128 training samples (as Wanda calibrates) of the model as it is now."""
     c = task.config
     if c.importance == "activation":
-        pruner.calibrate(task.train_batches, lambda m, b: task.objective(m, b), max_batches=-(-128 // c.batch_size))
+        pruner.calibrate(task.train_batches, lambda m, b: task.objective(m, b), max_batches=_calibration_batches(c))
+
+
+def _calibration_batches(c) -> int:
+    """Training batches holding 128 samples, what Wanda calibrates on."""
+    return -(-128 // c.batch_size)
 
 
 def _objective(task, teacher: nn.Module | None):
