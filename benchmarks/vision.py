@@ -61,8 +61,13 @@ class Suite:
     test_subset: int = 0
     latency_batches: tuple[int, ...] = (1, 64)
     betas: tuple[float, ...] = ()  # also run each force method at these fixed betas, no target (a hand-tuning sweep)
+    start_betas: tuple[float, ...] = ()  # run each force method at each level from each of these starting betas
+    round_tos: tuple[int, ...] = ()  # also run each force method at each level with widths rounded to these multiples
     note: str = ""
 
+
+CIFAR_CPU = ("ResNet-20 / CIFAR-10 (JPEG-derived copy: compare side by side only); reduced CPU budget: "
+             "10,000 training images, 6 epochs per point, full 10,000-image test set")
 
 SUITES: dict[str, Suite] = {
     "quick": Suite("quick", "lenet5", "mnist", epochs=4, levels=(0.2, 0.1, 0.05), seeds=(0,),
@@ -72,11 +77,19 @@ SUITES: dict[str, Suite] = {
                       note="LeNet-5 / MNIST, the 20-epoch budget of our headline target"),
     "fmnist": Suite("fmnist", "lenet5", "fashion_mnist", epochs=4, levels=(0.3, 0.15, 0.08), seeds=(0,),
                     note="LeNet-5 / Fashion-MNIST, 4 epochs per point"),
-    "cifar": Suite("cifar", "resnet20", "cifar10", epochs=6, levels=(0.5, 0.3, 0.2), seeds=(0,),
+    "cifar": Suite("cifar", "resnet20", "cifar10", epochs=6, levels=(0.3,), seeds=(0, 1, 2),
                    methods=tuple(m for m in ALL_METHODS if m != "etp_official"), finetune_epochs=1, lr=0.1,
-                   train_subset=10000,
-                   note="ResNet-20 / CIFAR-10 (JPEG-derived copy: compare side by side only); reduced CPU budget: "
-                        "10,000 training images, 6 epochs per point, full 10,000-image test set"),
+                   train_subset=10000, note=CIFAR_CPU + ", 3.3x fewer MACs, 3 seeds"),
+    "cifar_levels": Suite("cifar_levels", "resnet20", "cifar10", epochs=6, levels=(0.5, 0.3, 0.2), seeds=(0,),
+                          methods=tuple(m for m in ALL_METHODS if m != "etp_official"), finetune_epochs=1, lr=0.1,
+                          train_subset=10000, note=CIFAR_CPU + ", three levels, one seed"),
+    "cifar_start": Suite("cifar_start", "resnet20", "cifar10", epochs=6, levels=(0.3,), seeds=(0,),
+                         methods=("etp", "torque", "electrostatic", "gravity"), lr=0.1, train_subset=10000,
+                         start_betas=(1e-3, 1e-2, 1e-1),
+                         note=CIFAR_CPU + ": every force law at 3.3x from starting betas spread over 100x"),
+    "cifar_speed": Suite("cifar_speed", "resnet20", "cifar10", epochs=6, levels=(0.3,), seeds=(0,), methods=("etp",),
+                         lr=0.1, train_subset=10000, round_tos=(8, 16),
+                         note=CIFAR_CPU + ": ETP at 3.3x with kept widths rounded to multiples of 1, 8 and 16"),
     "cifar_resnet56": Suite("cifar_resnet56", "resnet56", "cifar10", epochs=160, levels=(0.5, 0.3, 0.2), seeds=(0, 1, 2),
                             methods=tuple(m for m in ALL_METHODS if m != "etp_official"), finetune_epochs=40, lr=0.1,
                             note="ResNet-56 / CIFAR-10 (JPEG-derived copy), the papers' 160-epoch budget: for a GPU"),
@@ -112,14 +125,11 @@ def main(suite: str, data_dir: str | None = None, output_dir: str | None = None,
     result: dict = {}
     for seed in spec.seeds:
         for method in spec.methods:
-            runs = [(1.0, None)] if method == "dense" else [(level, None) for level in spec.levels]
-            if method in FORCE_METHODS:
-                runs += [(None, beta) for beta in spec.betas]
-            for level, beta in runs:
+            for variant in variants(spec, method):
                 try:
-                    point = run_point(spec, method, level, seed, data_dir, beta=beta)
+                    point = run_point(spec, method, seed=seed, data_dir=data_dir, **variant)
                 except NonFiniteError as exc:  # a diverged point is a result, not the end of the suite
-                    point = {"method": method, "level": level, "seed": seed, "beta": beta, "diverged": str(exc)}
+                    point = {"method": method, "seed": seed, **variant, "diverged": str(exc)}
                 points.append(point)
                 print(_point_line(point), flush=True)
                 result = {  # rewritten after every point: a stopped suite keeps what ran
@@ -134,7 +144,22 @@ def main(suite: str, data_dir: str | None = None, output_dir: str | None = None,
 # -- one point ------------------------------------------------------------------------------------
 
 
-def _config(spec: Suite, method: str, level: float | None, seed: int, data_dir: str | None, beta: float | None = None):
+def variants(spec: Suite, method: str) -> list[dict]:
+    """The points one method runs per seed: ``{"level", "beta", "round_to"}`` each. ``level``
+    None = no target (a fixed ``beta``); ``beta`` None = the method's own starting strength;
+    ``round_to`` 1 = widths not rounded."""
+    if method == "dense":
+        return [{"level": 1.0, "beta": None, "round_to": 1}]
+    if method not in FORCE_METHODS:
+        return [{"level": level, "beta": None, "round_to": 1} for level in spec.levels]
+    starts = spec.start_betas or (None,)
+    out = [{"level": level, "beta": beta, "round_to": 1} for level in spec.levels for beta in starts]
+    out += [{"level": level, "beta": None, "round_to": r} for level in spec.levels for r in spec.round_tos if r > 1]
+    return out + [{"level": None, "beta": beta, "round_to": 1} for beta in spec.betas]
+
+
+def _config(spec: Suite, method: str, level: float | None, seed: int, data_dir: str | None, beta: float | None = None,
+            round_to: int = 1):
     from forceprune.runs import VisionConfig
 
     force, options = FORCE_METHODS.get(method, ("none", {}))
@@ -149,18 +174,20 @@ def _config(spec: Suite, method: str, level: float | None, seed: int, data_dir: 
         weight_decay=spec.weight_decay, seed=seed, train_subset=spec.train_subset, test_subset=spec.test_subset,
         target_macs=level if method in FORCE_METHODS else None, finetune_epochs=spec.finetune_epochs if is_tp else 0,
         latency_batch_sizes=spec.latency_batches, latency_repeats=50, output_dir=tempfile.mkdtemp(prefix="fp-bench-"),
+        budget={"round_to": round_to} if round_to > 1 else {},
     )
 
 
 def run_point(spec: Suite, method: str, level: float | None, seed: int, data_dir: str | None,
-              beta: float | None = None) -> dict:
-    """Train and prune one (method, MACs level, seed) under the suite's budget; with ``beta``
-    (and ``level=None``) a force method runs at that fixed strength with no target."""
+              beta: float | None = None, round_to: int = 1) -> dict:
+    """Train and prune one (method, MACs level, seed) under the suite's budget. ``beta``: a force
+    method's starting strength (with ``level=None``: its fixed strength, no target);
+    ``round_to``: kept widths rounded up to a multiple of it."""
     from forceprune.baselines import TorchPruningMethod
     from forceprune.runs.pipeline import Run, prune_stage, train_stage
     from forceprune.runs.vision import VisionTask
 
-    config = _config(spec, method, level, seed, data_dir, beta)
+    config = _config(spec, method, level, seed, data_dir, beta, round_to)
     task = VisionTask(config)
     run = Run(Path(config.output_dir), progress=False, checkpoints=False)
     def tp_method(task_, model, total_steps):
@@ -177,7 +204,7 @@ def run_point(spec: Suite, method: str, level: float | None, seed: int, data_dir
     trained = train_stage(task, run, method_factory=factory)
     report = prune_stage(task, run, trained, write=False, before_removal=before_removal)  # prunes trained.model in place
     point: dict[str, Any] = {
-        "method": method, "level": level, "beta": beta, "seed": seed,
+        "method": method, "level": level, "beta": beta, "round_to": round_to, "seed": seed,
         "acc_before_removal": report["acc_before_removal"], "acc_after_removal": report["acc_after_removal"],
         "acc_final": report["acc_final"], "train_s": report["train_wall_s"],
         "macs_before": report["macs_before"], "macs_after": report["macs_after"],
@@ -191,14 +218,22 @@ def run_point(spec: Suite, method: str, level: float | None, seed: int, data_dir
 
 
 def latencies(report: dict, dense, pruned, task) -> dict:
-    """Median ms per forward pass, dense vs pruned: eager (the report's, measured side by side)
-    and ONNX Runtime (on test images)."""
+    """Median ms per forward pass, dense vs pruned: eager in the run's memory format (the
+    report's, measured side by side; channels-last for conv models on CPU), eager in the default
+    contiguous (NCHW) format when that differs, and ONNX Runtime (on test images)."""
+    from forceprune.metrics import side_by_side_latency
+
     out: dict[str, Any] = {}
     images = task.calibration_inputs
+    nchw = [copy.deepcopy(m).to(memory_format=torch.contiguous_format) for m in (dense, pruned)]
     for b, d in report["latency_ms_before"].items():
         p = report["latency_ms_after"][b]
         out[f"eager_b{b}"] = {"dense_ms": d, "pruned_ms": p, "speedup": d / p}
-        ort = _ort_latency(dense, pruned, images[torch.arange(int(b)) % len(images)])
+        x = images[torch.arange(int(b)) % len(images)]
+        if task.channels_last and x.ndim == 4:
+            dn, pn = side_by_side_latency(*nchw, x.contiguous(), **task.latency_settings())
+            out[f"nchw_b{b}"] = {"dense_ms": dn, "pruned_ms": pn, "speedup": dn / pn}
+        ort = _ort_latency(dense, pruned, x)
         if ort is not None:
             out[f"ort_b{b}"] = ort
     return out
@@ -241,17 +276,21 @@ def _ort_latency(dense, pruned, x) -> dict | None:
 
 # -- aggregation and output -----------------------------------------------------------------------
 
+#: Runtime x batch of the latency measurements: eager in the run's format, eager NCHW, ONNX Runtime.
+LATENCY_KEYS = ("eager_b1", "eager_b64", "nchw_b1", "nchw_b64", "ort_b1", "ort_b64")
+RUNTIMES = {"eager": "eager, channels-last", "nchw": "eager, NCHW", "ort": "ONNX Runtime"}
+
 
 def summarise(points: list[dict]) -> list[dict]:
     """Mean and standard deviation over seeds, per (method, level)."""
     groups: dict[tuple, list[dict]] = {}
     for p in points:
-        groups.setdefault((p["method"], p["level"], p.get("beta")), []).append(p)
+        groups.setdefault((p["method"], p["level"], p.get("beta"), p.get("round_to", 1)), []).append(p)
     dense_acc = [p["acc_final"] for p in points if p["method"] == "dense"]
     dense_mean = statistics.mean(dense_acc) if dense_acc else None
     rows = []
-    for (method, level, beta), ps in groups.items():
-        row = {"method": method, "level": level, "beta": beta, "seeds": len(ps)}
+    for (method, level, beta, round_to), ps in groups.items():
+        row = {"method": method, "level": level, "beta": beta, "round_to": round_to, "seeds": len(ps)}
         for key in ("acc_before_removal", "acc_after_removal", "acc_final", "macs_reduction",
                     "macs_reached_vs_target", "step_overhead"):
             vals = [p[key] for p in ps if p.get(key) is not None]
@@ -262,11 +301,25 @@ def summarise(points: list[dict]) -> list[dict]:
                                  if dense_mean is not None and row["acc_final"] is not None else None)
         drops = [p["acc_before_removal"] - p["acc_after_removal"] for p in ps if p.get("acc_after_removal") is not None]
         row["removal_drop"] = statistics.mean(drops) if drops else None
-        for lat in ("eager_b1", "eager_b64", "ort_b1", "ort_b64"):
+        for lat in LATENCY_KEYS:
             vals = [p["latency"][lat]["speedup"] for p in ps if p.get("latency") and lat in p["latency"]]
             row[f"speedup_{lat}"] = statistics.mean(vals) if vals else None
         rows.append(row)
     return rows
+
+
+def _target_cell(r: dict) -> str:
+    """What a row asked for: the MACs level, and a starting or fixed beta or a width rounding."""
+    if r["method"] == "dense":
+        return "dense"
+    if r["level"] is None:
+        return f"none (fixed β={r['beta']:g})"
+    cell = f"{r['level']:.3g} ({1 / r['level']:.0f}×)"
+    if r.get("beta") is not None:
+        cell += f", from β={r['beta']:g}"
+    if r.get("round_to", 1) > 1:
+        cell += f", widths ×{r['round_to']}"
+    return cell
 
 
 def _final_cell(r: dict) -> str:
@@ -290,12 +343,8 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["summary"]:
-        if r.get("beta") is not None:
-            target = f"none (fixed β={r['beta']:g})"
-        else:
-            target = "dense" if r["method"] == "dense" else f"{r['level']:.3g} ({1 / r['level']:.0f}×)"
         lines.append(
-            f"| {r['method']} | {target} | {fmt_cell(r['macs_reduction'], '{:.1f}×')} | {fmt_cell(r['macs_reached_vs_target'])} "
+            f"| {r['method']} | {_target_cell(r)} | {fmt_cell(r['macs_reduction'], '{:.1f}×')} | {fmt_cell(r['macs_reached_vs_target'])} "
             f"| {fmt_cell(r['acc_before_removal'])} | {fmt_cell(r['acc_after_removal'])} "
             f"| {_final_cell(r)} | {fmt_cell(r['delta_vs_dense'], '{:+.2f}')} "
             f"| {fmt_cell(r['removal_drop'], '{:+.2f}')} "
@@ -303,7 +352,28 @@ def markdown(result: dict) -> str:
             f"| {fmt_cell(r['speedup_ort_b1'], '{:.2f}×')} / {fmt_cell(r['speedup_ort_b64'], '{:.2f}×')} "
             f"| {fmt_cell(r['step_overhead'], '{:+.0%}')} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + [""] + speed_markdown(result["summary"])) + "\n"
+
+
+def speed_markdown(rows: list[dict]) -> list[str]:
+    """The speed table: realised speed-up per runtime and batch, and the best runtime's speed-up
+    as a fraction of the MACs reduction (1.0 = as fast as the MACs say)."""
+    lines = ["Speed-up (dense ms / pruned ms, same process, side by side) per runtime: "
+             + ", ".join(f"*{k}* = {v}" for k, v in RUNTIMES.items())
+             + "; *best / MACs* = the fastest runtime's speed-up divided by the MACs reduction.", "",
+             "| method | target MACs | MACs ↓ | b1: " + " / ".join(RUNTIMES) + " | b1 best / MACs | b64: "
+             + " / ".join(RUNTIMES) + " | b64 best / MACs |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["method"] == "dense" or r["macs_reduction"] is None:
+            continue
+        cells = []
+        for b in (1, 64):
+            ups = {k: r.get(f"speedup_{k}_b{b}") for k in RUNTIMES}
+            best = max((v, k) for k, v in ups.items() if v is not None) if any(ups.values()) else None
+            cells.append(" / ".join(fmt_cell(v, "{:.2f}×") for v in ups.values()))
+            cells.append("–" if best is None else f"{best[0] / r['macs_reduction']:.2f} ({best[1]})")
+        lines.append(f"| {r['method']} | {_target_cell(r)} | {r['macs_reduction']:.1f}× | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(result: dict, path: Path) -> None:
@@ -313,7 +383,9 @@ def plot(result: dict, path: Path) -> None:
     rows = result["summary"]
 
     def series(r):
-        return r["method"] + (" (fixed β)" if r.get("beta") is not None else "")
+        if r.get("beta") is not None:
+            return r["method"] + (" (fixed β)" if r["level"] is None else f" (from β={r['beta']:g})")
+        return r["method"] + (f" (widths ×{r['round_to']})" if r.get("round_to", 1) > 1 else "")
 
     suite = result["suite"]
     with curve_axes(path, title=f"{suite['name']}: {suite['model']} / {suite['dataset']}", logx=True,
@@ -332,7 +404,11 @@ def plot(result: dict, path: Path) -> None:
 
 
 def _point_line(p: dict) -> str:
-    at = f"beta {p['beta']:<6g}" if p.get("beta") is not None else f"level {p['level']:<5}"
+    at = f"level {p['level']}" if p.get("level") is not None else "no target"
+    if p.get("beta") is not None:
+        at += f" beta {p['beta']:g}"
+    if p.get("round_to", 1) > 1:
+        at += f" widths x{p['round_to']}"
     if p.get("diverged"):
         return f"{p['method']:>14} {at} seed {p['seed']}: diverged ({p['diverged']})"
     return (f"{p['method']:>14} {at} seed {p['seed']}: final {p['acc_final']:.2f}%  "

@@ -23,6 +23,29 @@ def test_smoke_suite_writes_json_markdown_and_plot(data_dir, tmp_path):
     assert saved["summary"] and (tmp_path / "smoke.png").stat().st_size > 1000
     table = (tmp_path / "smoke.md").read_text()
     assert "| etp |" in table and "| tp_group_norm |" in table and "fixed β=0.5" in table
+    assert etp["latency"]["nchw_b1"]["pruned_ms"] > 0, "conv models on CPU are also timed in NCHW"
+    assert "b1 best / MACs" in table, "the speed table"
+
+
+def test_variants_cover_starting_betas_and_width_rounding():
+    from benchmarks.vision import SUITES, Suite, variants
+
+    spec = Suite("t", "lenet5", "mnist", epochs=1, levels=(0.5, 0.2), start_betas=(1e-3, 1e-1), round_tos=(8,),
+                 betas=(0.5,))
+    got = variants(spec, "torque")
+    assert {(v["level"], v["beta"], v["round_to"]) for v in got} == {
+        (0.5, 1e-3, 1), (0.5, 1e-1, 1), (0.2, 1e-3, 1), (0.2, 1e-1, 1), (0.5, None, 8), (0.2, None, 8), (None, 0.5, 1)}
+    assert variants(spec, "tp_l1") == [{"level": 0.5, "beta": None, "round_to": 1}, {"level": 0.2, "beta": None, "round_to": 1}]
+    assert variants(spec, "dense") == [{"level": 1.0, "beta": None, "round_to": 1}]
+    assert len(variants(SUITES["cifar_start"], "gravity")) == 3
+
+
+def test_a_rounded_point_asks_the_budget_for_it():
+    from benchmarks.vision import SUITES, _config
+
+    config = _config(SUITES["cifar_speed"], "etp", 0.3, 0, None, round_to=16)
+    assert config.budget == {"round_to": 16} and config.target_macs == 0.3
+    assert _config(SUITES["cifar_speed"], "etp", 0.3, 0, None).budget == {}
 
 
 def test_unknown_suite_names_the_available_ones():
