@@ -105,14 +105,20 @@ SUITES: dict[str, Suite] = {
 }
 
 
-def main(suite: str, data_dir: str | None = None, output_dir: str | None = None, **overrides) -> dict:
-    """Run the vision suite ``suite`` (a name from :data:`SUITES`) and write its JSON, markdown and plot."""
+def main(suite: str, data_dir: str | None = None, output_dir: str | None = None, resume: bool = False,
+         **overrides) -> dict:
+    """Run the vision suite ``suite`` (a name from :data:`SUITES`) and write its JSON, markdown
+    and plot. ``resume``: keep the points of the suite's existing JSON (same budget) and run only
+    the missing ones (other seeds or methods, or what a stopped run did not reach)."""
     if suite not in SUITES:
         raise ForcePruneError(f"unknown benchmark suite {suite!r}; available: {', '.join(SUITES)}, sst2.")
     spec = replace(SUITES[suite], **overrides) if overrides else SUITES[suite]
     unknown = sorted(set(spec.methods) - set(ALL_METHODS))
     if unknown:
         raise ForcePruneError(f"unknown methods {unknown}; available: {', '.join(ALL_METHODS)}.")
+    out = Path(output_dir or "benchmarks/results")
+    earlier = _earlier_run(out / f"{suite}.json", spec) if resume else None
+    done = {_point_key(p): p for p in earlier["points"]} if earlier else {}
     started = time.perf_counter()
     command = f"forceprune bench {suite}"
     if data_dir:
@@ -121,24 +127,68 @@ def main(suite: str, data_dir: str | None = None, output_dir: str | None = None,
         command += f" --seeds {','.join(map(str, spec.seeds))}"
     if "methods" in overrides:
         command += f" --methods {','.join(spec.methods)}"
+    command += " --resume" if resume else ""
     points: list[dict] = []
     result: dict = {}
     for seed in spec.seeds:
         for method in spec.methods:
             for variant in variants(spec, method):
-                try:
-                    point = run_point(spec, method, seed=seed, data_dir=data_dir, **variant)
-                except NonFiniteError as exc:  # a diverged point is a result, not the end of the suite
-                    point = {"method": method, "seed": seed, **variant, "diverged": str(exc)}
+                point = done.get(_point_key({"method": method, "seed": seed, **variant}))
+                if point is None:
+                    try:
+                        point = run_point(spec, method, seed=seed, data_dir=data_dir, **variant)
+                    except NonFiniteError as exc:  # a diverged point is a result, not the end of the suite
+                        point = {"method": method, "seed": seed, **variant, "diverged": str(exc)}
+                    point["date"] = time.strftime("%Y-%m-%d")
+                    print(_point_line(point), flush=True)
                 points.append(point)
-                print(_point_line(point), flush=True)
                 result = {  # rewritten after every point: a stopped suite keeps what ran
                     "suite": asdict(spec), "points": points, "summary": summarise(points),
-                    "wall_s": time.perf_counter() - started, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
-                    "command": command,
+                    "wall_s": time.perf_counter() - started + (earlier["wall_s"] if earlier else 0.0),
+                    "machine": machine(), "date": time.strftime("%Y-%m-%d"), "command": command,
+                    "reused": _reused(points, done, earlier),
                 }
-                write_result(result, Path(output_dir or "benchmarks/results"), suite, markdown, plot)
+                write_result(result, out, suite, markdown, plot)
     return result
+
+
+def _point_key(p: dict) -> tuple:
+    return p["method"], p["seed"], p["level"], p.get("beta"), p.get("round_to", 1)
+
+
+#: Suite fields a resumed run may change: which points it has, not how each point is trained.
+RESUMABLE = ("seeds", "methods", "note")
+
+
+def _earlier_run(path: Path, spec: Suite) -> dict | None:
+    """The suite's earlier result at ``path`` (None when there is none), checked to be measured
+    under the same budget, so that its points can stand next to new ones."""
+    if not path.is_file():
+        return None
+    import json
+
+    earlier = json.loads(path.read_text())
+    now = asdict(spec)
+    differs = sorted(k for k, v in earlier.get("suite", {}).items()
+                     if k not in RESUMABLE and k in now and _listed(v) != _listed(now[k]))
+    if differs:
+        raise ForcePruneError(
+            f"--resume: {path} was measured under another budget ({', '.join(differs)} differ), so its points cannot "
+            "be mixed with new ones; move the file away or run without --resume")
+    return earlier
+
+
+def _listed(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def _reused(points: list[dict], done: dict, earlier: dict | None) -> dict | None:
+    """Which points a resumed run kept from the earlier one, and that run's command and date."""
+    kept = [p for p in points if done.get(_point_key(p)) is p]
+    if not kept:
+        return None
+    return {"points": len(kept), "command": earlier["command"], "date": earlier["date"],
+            "dates": sorted({p.get("date", earlier["date"]) for p in kept})}
 
 
 # -- one point ------------------------------------------------------------------------------------
@@ -337,6 +387,9 @@ def markdown(result: dict) -> str:
         f"budget {suite['epochs']} epochs per point (Torch-Pruning methods: {suite['epochs'] - suite['finetune_epochs']} "
         f"+ {suite['finetune_epochs']} fine-tuning), seeds {list(suite['seeds'])}. Final-epoch test accuracy (%), "
         "mean ± std over seeds; nothing selected on the test set.",
+        *([""] + [f"{result['reused']['points']} of the {len(result['points'])} points are kept from an earlier run "
+                  f"(`{result['reused']['command']}`, {result['reused']['date']}; measured on "
+                  f"{', '.join(result['reused']['dates'])}); the wall time adds theirs."] if result.get("reused") else []),
         "",
         "| method | target MACs | MACs ↓ | reached/target | acc before removal | acc after removal | final acc | Δ vs dense |"
         " removal drop | speed-up b1 / b64 (eager) | b1 / b64 (ORT) | force overhead |",

@@ -120,6 +120,10 @@ class Budget:
         return target**s
 
 
+#: Element capture: the largest multiple of the planned scale the controller's feedback may build.
+ELEMENT_CEILING = 4.0
+
+
 @dataclass
 class BudgetController:
     """Adjusts the force scale to follow :class:`Budget`'s plan. State is checkpointable."""
@@ -127,6 +131,7 @@ class BudgetController:
     budget: Budget
     scale: float = 1.0
     floor: float = 1.0  # smallest factor per update: 1.0 = the force never weakens before the target
+    ceiling: float = math.inf  # largest multiple of the planned (``needed``) scale the feedback may build
     reached: bool = False
     last_fraction: float = 1.0
     updates: int = 0
@@ -138,7 +143,9 @@ class BudgetController:
         ``needed`` (optional) is the scale that would zero, in the steps left before ``reach``,
         every unit that must go (:mod:`forceprune.budget_plan`): the first update after the
         warm-up *starts* from it -- so the starting ``beta`` does not matter -- and later ones
-        never fall below it, so a short schedule is met with exact zeros."""
+        never fall below it, so a short schedule is met with exact zeros, nor rise above
+        ``ceiling`` times it (element capture: the unit fraction lags whatever the force, and
+        feedback compounding without bound drives the loss to NaN)."""
         self.last_fraction = fraction
         self.updates += 1
         target = self.budget.target
@@ -157,9 +164,18 @@ class BudgetController:
             self.scale, self.planned = needed, True
         self.scale = self.scale * min(max(factor, self.floor), ceiling)
         if needed is not None:
-            self.scale = max(self.scale, needed)
+            self.scale = min(max(self.scale, needed), self.ceiling * needed)
         self.scale = min(max(self.scale, 1e-6), 1e6)
         return self.scale
+
+    @classmethod
+    def for_capture(cls, budget: Budget, capture: str) -> "BudgetController":
+        """The controller for a capture mode. Element clipping zeroes single weights, so the
+        unit fraction the controller measures lags whatever the force: its feedback is bounded
+        at :data:`ELEMENT_CEILING` times the planned scale (unbounded, it compounded to 23x the
+        planned scale on LeNet-5 / Fashion-MNIST and the loss went NaN; BENCHMARKS.md section 4)."""
+        return cls(budget, ceiling=ELEMENT_CEILING if capture == "element" else math.inf)
+
     def state_dict(self) -> dict:
         return {"scale": self.scale, "reached": self.reached, "last_fraction": self.last_fraction, "updates": self.updates,
                 "planned": self.planned}

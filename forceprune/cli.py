@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output-dir", metavar="DIR", help="where the suite writes <suite>.json, .md and .png (default benchmarks/results)")
     bench.add_argument("--seeds", metavar="LIST", help="comma-separated seeds replacing the suite's, e.g. 0,1,2 (vision suites)")
     bench.add_argument("--methods", metavar="LIST", help="comma-separated methods replacing the suite's, e.g. dense,etp")
+    bench.add_argument("--resume", action="store_true",
+                       help="vision suites: keep the points of the suite's existing results (same budget) and run only "
+                            "the missing ones")
     return parser
 
 
@@ -280,6 +283,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ForcePruneError(f"--seeds takes integers separated by commas, got {args.seeds!r}") from None
     if args.methods:
         overrides["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if args.resume:
+        if args.suite in ("sst2", "llm"):
+            raise ForcePruneError(f"--resume is for the vision suites; the {args.suite} suite starts afresh (run it "
+                                  "without --resume)")
+        overrides["resume"] = True
     suites.main(args.suite, data_dir=args.data_dir, output_dir=args.output_dir, **overrides)
     return 0
 

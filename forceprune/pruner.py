@@ -200,7 +200,7 @@ class ForcePruner:
                 f"warm-up and reach={budget.reach} of total_steps={budget.total_steps} (every {budget.every} steps); the "
                 "target will likely be met by cutting non-zero units at removal. Train for more steps, or raise "
                 "budget.reach / lower budget.warmup.", stacklevel=3)
-        return BudgetController(budget)
+        return BudgetController.for_capture(budget, self.capture_mode)
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Clear the optimizer state (momentum, Adam moments) of captured units from now on."""

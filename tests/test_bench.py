@@ -89,3 +89,26 @@ def test_a_diverged_point_is_reported_and_the_suite_goes_on(data_dir, tmp_path, 
     (row,) = [r for r in result["summary"] if r["method"] == "tp_group_norm"]
     assert row["diverged"] == 1 and row["acc_final"] is None
     assert "diverged in 1/1 seeds" in (tmp_path / "smoke.md").read_text()
+
+
+def test_resume_keeps_the_points_that_ran_and_runs_the_rest(data_dir, tmp_path, monkeypatch):
+    from benchmarks import vision
+    from forceprune.errors import ForcePruneError
+
+    first = bench.main("smoke", data_dir=data_dir, output_dir=str(tmp_path), methods=("etp",))
+    calls = []
+    original = vision.run_point
+
+    def counted(spec, method, *args, **kwargs):
+        calls.append(method)
+        return original(spec, method, *args, **kwargs)
+
+    monkeypatch.setattr(vision, "run_point", counted)
+    again = bench.main("smoke", data_dir=data_dir, output_dir=str(tmp_path), resume=True)
+    assert calls == ["tp_group_norm"], "only the missing method ran"
+    kept = [p for p in again["points"] if p["method"] == "etp"]
+    assert kept == first["points"], "the earlier points are kept as they were"
+    assert again["reused"]["points"] == len(kept) and again["command"].endswith("--resume")
+    assert "kept from an earlier run" in (tmp_path / "smoke.md").read_text()
+    with pytest.raises(ForcePruneError, match="another budget.*epochs"):
+        bench.main("smoke", data_dir=data_dir, output_dir=str(tmp_path), resume=True, epochs=2)

@@ -249,6 +249,22 @@ def test_the_plan_calibrates_the_first_update_then_is_a_floor():
     assert c.update(20, 1.0, needed=5.0) == pytest.approx(5.0), "never below the plan"
 
 
+def test_element_capture_bounds_the_feedback_by_the_plan():
+    """Element clipping zeroes single weights, so the unit fraction can stay at 1 whatever the
+    force: the feedback may not compound past ELEMENT_CEILING x the planned scale."""
+    from forceprune.budget import ELEMENT_CEILING
+
+    budget = Budget(target=0.1, total_steps=1000, warmup=0.0, reach=1.0, every=10)
+    bounded, free = BudgetController.for_capture(budget, "element"), BudgetController.for_capture(budget, "unit")
+    for step in range(10, 1000, 10):
+        bounded.update(step, 1.0, needed=2.0)
+        free.update(step, 1.0, needed=2.0)
+    assert bounded.scale == pytest.approx(ELEMENT_CEILING * 2.0)
+    assert free.scale > 1e3, "unit capture keeps the unbounded feedback"
+    pruner = fp.ForcePruner(WideMLP(), torch.randn(1, 16), force="etp-official", target_macs=0.5, total_steps=100)
+    assert pruner.controller.ceiling == ELEMENT_CEILING
+
+
 def test_a_schedule_too_short_for_the_controller_is_announced():
     with pytest.warns(UserWarning, match="only 1 budget update"):
         fp.ForcePruner(WideMLP(), torch.randn(1, 16), target_macs=0.5, total_steps=2)

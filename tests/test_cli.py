@@ -67,6 +67,8 @@ def test_bench_rejects_unknown_methods_and_bad_seeds(capsys):
     assert "unknown methods ['magic']; available: dense" in capsys.readouterr().err
     assert main(["bench", "quick", "--seeds", "0,one"]) == 2
     assert "--seeds takes integers" in capsys.readouterr().err
+    assert main(["bench", "llm", "--resume"]) == 2
+    assert "--resume is for the vision suites" in capsys.readouterr().err
 
 
 def test_bench_unknown_suite(capsys):
