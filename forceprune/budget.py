@@ -4,7 +4,10 @@ The controller replaces the papers' grid search over ``beta``. It multiplies the
 scale ``s`` that it adjusts while training, so that the fraction ``f`` of the dense cost the
 model would keep if the captured units were removed follows a planned trajectory:
 
-* ``f_plan = 1`` during warm-up (``progress < warmup``);
+* ``f_plan = 1`` during warm-up (``progress <= warmup``); while the plan below can set the
+  strength, the force is *off* during warm-up (a force at the starting ``beta`` there decided,
+  on a barely trained network, what the plan would then have to live with: on ResNet-20 a
+  10x stronger start captured 49 units in 24 steps; BENCHMARKS.md, the starting-strength table);
 * a geometric ramp ``f_plan = target ** ((progress - warmup) / (reach - warmup))`` until
   ``progress = reach`` (default 70 % of training);
 * then hold at ``target``.
@@ -108,6 +111,16 @@ class Budget:
             raise ForcePruneError(f"tolerance must be in [0, 0.5), got {self.tolerance!r}.")
         if not isinstance(self.uniform, bool):
             raise ForcePruneError(f"uniform must be true or false, got {self.uniform!r}.")
+
+    @property
+    def warmup_steps(self) -> int:
+        """Steps of the warm-up: the controller plans at step ``warmup_steps + 1``."""
+        return int(self.warmup * self.total_steps)
+
+    def update_due(self, step: int) -> bool:
+        """Whether the controller updates after ``step``: every ``every`` steps, and right
+        after the warm-up (when the plan sets the force's strength)."""
+        return step % self.every == 0 or step == self.warmup_steps + 1
 
     def planned(self, progress: float) -> float:
         """Planned kept fraction (or latency ratio) at ``progress`` in [0, 1]."""

@@ -33,7 +33,7 @@ from .preview import counts_if_removed, floor_masks, pruned_copy
 from .proximal import proximal_force_step
 from .pruner_checks import check_finite, check_finite_penalty, check_materialised, check_modules, check_options
 from .removal import keep_one, plan_removal, remove, removable_units
-from .scoring import cost_weights, force_field, prox_bounds, scores, signs, step_shrink, unit_costs
+from .scoring import cost_weights, force_field, prox_bounds, rate_known, scores, signs, step_shrink, unit_costs
 from .report import PruneReport
 from .units import build_unit_sets
 
@@ -209,17 +209,22 @@ class ForcePruner:
     # -- training-time API -------------------------------------------------------------------
     @property
     def scale(self) -> float:
-        """The budget controller's current multiplier of the force (1 without a budget)."""
-        return self.controller.scale if self.controller is not None else 1.0
+        """The budget controller's multiplier of the force (1 without a budget); 0 during the
+        warm-up when the controller's plan then sets the strength (:func:`scoring.rate_known`)."""
+        c = self.controller
+        if c is None:
+            return 1.0
+        warming = self.steps <= c.budget.warmup_steps and c.budget.metric != "latency"
+        return 0.0 if warming and rate_known(self.force, self.unit_sets, self.optimizer, self._proximal) else c.scale
 
     def penalty(self) -> torch.Tensor:
         """The force penalty: a differentiable scalar to add to the task loss."""
         self._check_modules()
-        total = torch.zeros((), device=model_device(self.model))
+        total, powered = torch.zeros((), device=model_device(self.model)), {}  # powered: |w|**p per parameter
         if self.scale == 0.0:
             return total
         for k, (us, weight, imp) in enumerate(zip(self.unit_sets, self._set_weights, self._importance())):
-            sums = us.unit_sums(self.force.include, self.force.power)
+            sums = us.unit_sums(self.force.include, self.force.power, powered)
             mask = self._force_masks[k] if self._force_masks is not None else None
             total = total + weight * self.force.penalty(sums, signs(self.force, us), mask, imp)
         check_finite_penalty(total)
@@ -250,7 +255,7 @@ class ForcePruner:
         self._check_modules()
         enforce_zeros(self._masks, self.optimizer)
         frozen = self.controller is not None and self.controller.reached
-        update = self.controller is not None and self.steps % self.controller.budget.every == 0
+        update = self.controller is not None and self.controller.budget.update_due(self.steps)
         # capture before a controller update, so that it measures captured units only (a proximal
         # step zeroes units between captures; uncaptured zeros would grow back once the force stops)
         due = bool(self.capture_every) and self.steps % self.capture_every == 0
@@ -382,15 +387,10 @@ class ForcePruner:
             self._summary_cache = (key, self._preview(removable))
         macs_dense, params_dense, macs, params = self._summary_cache[1]
         return {
-            "units_total": sum(us.size for us in self.unit_sets),
-            "units_zero": int(sum(int(r.sum()) for r in removable)),
-            "macs_dense": macs_dense,
-            "params_dense": params_dense,
-            "macs_if_pruned": macs,
-            "params_if_pruned": params,
+            "units_total": sum(us.size for us in self.unit_sets), "units_zero": int(sum(int(r.sum()) for r in removable)),
+            "macs_dense": macs_dense, "params_dense": params_dense, "macs_if_pruned": macs, "params_if_pruned": params,
             "widths_if_pruned": {us.name: us.size - int(keep_one(r).sum()) for us, r in zip(self.unit_sets, removable)},
-            "budget": self.controller.describe() if self.controller is not None else None,
-        }
+            "budget": self.controller.describe() if self.controller is not None else None}
 
     # -- removal ---------------------------------------------------------------------------------
     def prune(self, widths: dict[str, int] | None = None, tolerance: float = 0.0, calibration_inputs=None,

@@ -142,6 +142,15 @@ def force_field(force: Force, unit_sets: list[UnitSet]) -> list[dict]:
     return out
 
 
+def rate_known(force: Force, unit_sets: list[UnitSet], optimizer, proximal: bool) -> bool:
+    """Whether :func:`step_shrink` knows the force's per-step rate: an optimizer holding every
+    unit set, a norm that zeroes (not ``l2sq``), and no loss-term force under Adam."""
+    if optimizer is None or force.norm == "l2sq":
+        return False
+    groups = [param_group(optimizer, us.select(force.include)[0].param) for us in unit_sets]
+    return all(g is not None and (proximal or "betas" not in g) for g in groups)
+
+
 def step_shrink(force: Force, unit_sets: list[UnitSet], set_weights: list[float], optimizer,
                 proximal: bool, importance: list[torch.Tensor | None] | None = None
                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
@@ -155,13 +164,11 @@ def step_shrink(force: Force, unit_sets: list[UnitSet], set_weights: list[float]
     not known: no optimizer, the ``l2sq`` norm (it never zeroes), or a loss-term force under
     Adam (which moves every weight by about ``lr`` whatever the force). ``importance`` (``(G,)``
     or None per set) stands in for the norms in the profile, as in the force step itself."""
-    if optimizer is None or force.norm == "l2sq":
+    if not rate_known(force, unit_sets, optimizer, proximal):
         return None
     sizes, shrinks = [], []
     for k, (us, weight) in enumerate(zip(unit_sets, set_weights)):
         group = param_group(optimizer, us.select(force.include)[0].param)
-        if group is None or (not proximal and "betas" in group):
-            return None
         lr = float(group["lr"])
         norms = unit_norms(force, us)
         imp = importance[k] if importance is not None else None

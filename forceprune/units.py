@@ -43,11 +43,8 @@ UNIT_KINDS = ("channel", "head", "kv_group", "neuron", "hidden", "group")
 REMOVAL_RULES = ("either", "consumers", "writers")
 
 #: Roles a force acts on, by its ``include`` option.
-INCLUDE_ROLES = {
-    "all": (PRODUCER_WEIGHT, PRODUCER_OTHER, CONSUMER),
-    "producers": (PRODUCER_WEIGHT, PRODUCER_OTHER),
-    "weights": (PRODUCER_WEIGHT,),
-}
+INCLUDE_ROLES = {"all": (PRODUCER_WEIGHT, PRODUCER_OTHER, CONSUMER), "producers": (PRODUCER_WEIGHT, PRODUCER_OTHER),
+                 "weights": (PRODUCER_WEIGHT,)}
 
 _OUT_FNS = {
     tpf.prune_conv_out_channels: "conv",
@@ -57,10 +54,7 @@ _OUT_FNS = {
     tpf.prune_prelu_out_channels: "prelu",
     tpf.prune_groupnorm_out_channels: "norm",
 }
-_IN_FNS = {
-    tpf.prune_conv_in_channels: "conv",
-    tpf.prune_linear_in_channels: "linear",
-}
+_IN_FNS = {tpf.prune_conv_in_channels: "conv", tpf.prune_linear_in_channels: "linear"}
 #: Groups touching these handlers are not treated as prunable units by default: removing a
 #: channel of a LayerNorm/GroupNorm/embedding changes statistics or vocabularies, so the
 #: removal could not be lossless.
@@ -111,17 +105,21 @@ class Slice:
         moved = t.movedim(self.dim, 0) if self.dim else t
         return moved.index_select(0, self.index.to(t.device)).reshape(len(self.index), -1)
 
-    def position_sums(self, power: int) -> torch.Tensor:
+    def position_sums(self, power: int, powered: dict | None = None) -> torch.Tensor:
         """Differentiable ``(n,)``: sum of ``|w|**power`` over each position's elements.
 
         Reduces the whole parameter along every other axis first and then picks positions, so
-        no slice of the weight is ever copied (the penalty's cost is one elementwise op and one
-        reduction per parameter)."""
+        no slice of the weight is ever copied; ``powered`` (one dict across the slices of a
+        penalty) shares ``|w|**power`` between the slices of a parameter (its rows for one unit
+        set, its columns for another): one elementwise op per parameter, one reduction per slice."""
         t = self.param
         if self.group_rows:
             e = self.elements()
-            return e.abs().sum(1) if power == 1 else (e * e).sum(1)
-        v = t.abs() if power == 1 else t * t
+            return e.abs().sum(1) if power == 1 else e.square().sum(1)
+        powered = {} if powered is None else powered
+        if (id(t), power) not in powered:
+            powered[(id(t), power)] = t.abs() if power == 1 else t.square()
+        v = powered[(id(t), power)]
         dims = [d for d in range(t.dim()) if d != self.dim]
         sums = v.sum(dim=dims) if dims else v
         return sums.index_select(0, self.index.to(sums.device))
@@ -150,9 +148,8 @@ class Slice:
         with torch.no_grad():
             if self.group_rows:
                 per_group = tensor.shape[1]
-                rows = (pos // per_group)[:, None] * self.group_rows + torch.arange(
-                    self.group_rows, device=tensor.device
-                )
+                offsets = torch.arange(self.group_rows, device=tensor.device)
+                rows = (pos // per_group)[:, None] * self.group_rows + offsets
                 tensor[rows, (pos % per_group)[:, None]] = 0
             else:
                 tensor.index_fill_(self.dim, pos, 0)
@@ -201,11 +198,12 @@ class UnitSet:
         (producer conv/linear weights only, as ETP's official code)."""
         return [s for s in self.slices if s.role in INCLUDE_ROLES[include]]
 
-    def unit_sums(self, include: str, power: int) -> torch.Tensor:
-        """Differentiable ``(G,)`` tensor: sum over each unit's elements of ``|w|**power``."""
+    def unit_sums(self, include: str, power: int, powered: dict | None = None) -> torch.Tensor:
+        """Differentiable ``(G,)``: sum over each unit's elements of ``|w|**power`` (``powered``:
+        see :meth:`Slice.position_sums`)."""
         out = None
         for s in self.select(include):
-            part = s.position_sums(power)
+            part = s.position_sums(power, powered)
             acc = torch.zeros(self.size, dtype=part.dtype, device=part.device)
             acc = acc.index_add(0, s.unit.to(part.device), part)
             out = acc if out is None else out + acc

@@ -242,6 +242,40 @@ def test_the_starting_beta_does_not_matter():
     assert max(fractions) - min(fractions) < 0.05
 
 
+def _warmup_run(beta: float, adam: bool = False, steps: int = 40):
+    """WideMLP under a budget with a 25 % warm-up: the force scale per step and the final state."""
+    torch.manual_seed(0)
+    model = WideMLP()
+    x, y = torch.randn(128, 16), torch.randint(0, 4, (128,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3) if adam else torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    pruner = fp.ForcePruner(model, x[:1], beta=beta, optimizer=opt, target_macs=0.3, total_steps=steps,
+                            budget={"every": 5, "warmup": 0.25})
+    scales = []
+    for _ in range(steps):
+        scales.append(pruner.scale)
+        loss = F.cross_entropy(model(x), y) + pruner.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        pruner.step()
+    return scales, model, pruner
+
+
+def test_the_warmup_runs_without_force_when_the_plan_sets_the_strength():
+    """A force at the starting beta during warm-up decided what the plan had to live with: now
+    the force is off for the warm-up's 10 steps, the plan sets it right after, and a 100x
+    stronger start trains exactly the same model."""
+    weak_scales, weak, weak_pruner = _warmup_run(1e-3)
+    strong_scales, strong, strong_pruner = _warmup_run(1e-1)
+    assert weak_scales[:11] == [0.0] * 11 and weak_scales[11] > 0, "off for the warm-up, planned at step 11"
+    assert [1e-3 * s for s in weak_scales] == pytest.approx([1e-1 * s for s in strong_scales], rel=1e-4)
+    for a, b in zip(weak.parameters(), strong.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert weak_pruner.units_captured == strong_pruner.units_captured > 0
+    adam_scales, _, _ = _warmup_run(1e-3, adam=True)
+    assert adam_scales[:11] == [1.0] * 11, "no plan for a loss-term force under Adam: the warm-up keeps its beta"
+
+
 def test_the_plan_calibrates_the_first_update_then_is_a_floor():
     c = BudgetController(Budget(target=0.1, total_steps=100, warmup=0.0, reach=1.0))
     # at 10 % the plan is 0.1**0.1 = 0.79: behind it by 1/0.79 = 1.26, clipped to x1.25

@@ -85,6 +85,29 @@ def test_penalty_value_and_gradient_by_hand_on_two_layers():
     assert torch.allclose(w2.grad, 0.1 / 4 * phi[None, :] * w2.sign())
 
 
+def test_l2_penalty_on_a_weight_two_unit_sets_share():
+    """The middle weight holds the rows of one set and the columns of the other: its |w|**2 is
+    computed once and shared, and value and gradient equal the penalty written out by hand."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4, bias=False), torch.nn.ReLU(), torch.nn.Linear(4, 5, bias=False),
+                                torch.nn.ReLU(), torch.nn.Linear(5, 2, bias=False))
+    pruner = fp.ForcePruner(model, torch.randn(1, 3), force="etp", beta=0.1, scale=2.0, norm="l2")
+    w1, w2, w3 = (model[i].weight for i in (0, 2, 4))
+
+    def by_hand():
+        first = (w1.square().sum(1) + w2.square().sum(0)).sqrt()  # unit i: row i of w1, column i of w2
+        second = (w2.square().sum(1) + w3.square().sum(0)).sqrt()
+        return sum(0.1 * (torch.exp(2.0 * torch.arange(len(n)) / (len(n) - 1)) * n).sum() / len(n)
+                   for n in (first, second))
+
+    expected = torch.autograd.grad(by_hand(), (w1, w2, w3))
+    pen = pruner.penalty()
+    assert pen.item() == pytest.approx(by_hand().item(), rel=1e-6)
+    pen.backward()
+    for w, g in zip((w1, w2, w3), expected):
+        assert torch.allclose(w.grad, g, rtol=1e-5, atol=1e-8)
+
+
 def test_l2_penalty_gradient_is_finite_on_zero_units():
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     with torch.no_grad():
