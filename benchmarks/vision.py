@@ -352,8 +352,10 @@ def summarise(points: list[dict]) -> list[dict]:
         drops = [p["acc_before_removal"] - p["acc_after_removal"] for p in ps if p.get("acc_after_removal") is not None]
         row["removal_drop"] = statistics.mean(drops) if drops else None
         for lat in LATENCY_KEYS:
-            vals = [p["latency"][lat]["speedup"] for p in ps if p.get("latency") and lat in p["latency"]]
-            row[f"speedup_{lat}"] = statistics.mean(vals) if vals else None
+            got = [p["latency"][lat] for p in ps if p.get("latency") and lat in p["latency"]]
+            row[f"speedup_{lat}"] = statistics.mean(v["speedup"] for v in got) if got else None
+            for model in ("dense", "pruned"):
+                row[f"{model}_ms_{lat}"] = statistics.mean(v[f"{model}_ms"] for v in got) if got else None
         rows.append(row)
     return rows
 
@@ -409,22 +411,30 @@ def markdown(result: dict) -> str:
 
 
 def speed_markdown(rows: list[dict]) -> list[str]:
-    """The speed table: realised speed-up per runtime and batch, and the best runtime's speed-up
-    as a fraction of the MACs reduction (1.0 = as fast as the MACs say)."""
-    lines = ["Speed-up (dense ms / pruned ms, same process, side by side) per runtime: "
+    """The speed table: per batch size, the speed-up in each runtime (dense and pruned in the same
+    one), and the deployment view: the dense model in its fastest runtime against the pruned
+    model in its fastest, with that speed-up as a fraction of the MACs reduction (1.0 = as fast
+    as the MACs say)."""
+    lines = ["Speed-up per runtime (dense ms / pruned ms, same process, side by side): "
              + ", ".join(f"*{k}* = {v}" for k, v in RUNTIMES.items())
-             + "; *best / MACs* = the fastest runtime's speed-up divided by the MACs reduction.", "",
-             "| method | target MACs | MACs ↓ | b1: " + " / ".join(RUNTIMES) + " | b1 best / MACs | b64: "
-             + " / ".join(RUNTIMES) + " | b64 best / MACs |", "|---|---|---|---|---|---|---|"]
+             + ". *Fastest*: each model in the runtime where it runs fastest; *÷ MACs* = that speed-up divided by "
+               "the MACs reduction.", "",
+             "| method | target MACs | MACs ↓ | b1: " + " / ".join(RUNTIMES) + " | b1 fastest: dense → pruned ms | ÷ MACs | b64: "
+             + " / ".join(RUNTIMES) + " | b64 fastest: dense → pruned ms | ÷ MACs |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["method"] == "dense" or r["macs_reduction"] is None:
             continue
         cells = []
         for b in (1, 64):
-            ups = {k: r.get(f"speedup_{k}_b{b}") for k in RUNTIMES}
-            best = max((v, k) for k, v in ups.items() if v is not None) if any(ups.values()) else None
-            cells.append(" / ".join(fmt_cell(v, "{:.2f}×") for v in ups.values()))
-            cells.append("–" if best is None else f"{best[0] / r['macs_reduction']:.2f} ({best[1]})")
+            cells.append(" / ".join(fmt_cell(r.get(f"speedup_{k}_b{b}"), "{:.2f}×") for k in RUNTIMES))
+            fastest = {m: min(((r[f"{m}_ms_{k}_b{b}"], k) for k in RUNTIMES if r.get(f"{m}_ms_{k}_b{b}") is not None),
+                              default=None) for m in ("dense", "pruned")}
+            if fastest["dense"] is None or fastest["pruned"] is None:
+                cells += ["–", "–"]
+                continue
+            (d, dk), (p, pk) = fastest["dense"], fastest["pruned"]
+            cells += [f"{d:.2f} ({dk}) → {p:.2f} ({pk})", f"{d / p / r['macs_reduction']:.2f}"]
         lines.append(f"| {r['method']} | {_target_cell(r)} | {r['macs_reduction']:.1f}× | " + " | ".join(cells) + " |")
     return lines
 
