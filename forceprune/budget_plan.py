@@ -26,11 +26,26 @@ Masks = list[torch.Tensor]
 
 
 def must_go(scores: Sequence[torch.Tensor], costs: Sequence[float], dense_cost: float, target: float,
-            dead: Sequence[torch.Tensor], min_width: int = 1) -> Masks:
+            dead: Sequence[torch.Tensor], min_width: int = 1, round_to: int = 1) -> Masks:
     """Per unit set, the ``(G,)`` mask of units to remove for the kept cost fraction to reach
     ``target``: captured units first, then the weakest live ones by score, with additive
     per-unit costs (``costs[k]``: the cost of one unit of set ``k``; ``dense_cost``: the whole
-    model's). Every set keeps ``min_width`` units."""
+    model's). Every set keeps ``min_width`` units; with ``round_to`` a set that loses units loses
+    enough more (its weakest) for its kept width to be a multiple of it, as removal will keep."""
+    out = _must_go(scores, costs, dense_cost, target, dead, min_width)
+    if round_to <= 1:
+        return out
+    for sc, go in zip(scores, out):
+        kept = len(go) - int(go.sum())
+        extra = kept % round_to if kept > round_to and kept < len(go) else 0
+        if extra:
+            live = torch.nonzero(~go).flatten()
+            go[live[torch.sort(sc[live].float(), stable=True).indices[:extra]]] = True
+    return out
+
+
+def _must_go(scores: Sequence[torch.Tensor], costs: Sequence[float], dense_cost: float, target: float,
+             dead: Sequence[torch.Tensor], min_width: int = 1) -> Masks:
     out = [d.clone().bool() for d in dead]
     removed = sum(float(d.sum()) * c for d, c in zip(out, costs))
     goal = (1.0 - target) * dense_cost

@@ -23,7 +23,7 @@ from ._torch import model_device, to_device
 from .budget import Budget, BudgetController, target_of
 from .budget_plan import must_go, needed_scale
 from .activations import InputNorms, activation_scores, input_norms, reads
-from .budget_selection import capture_within_budget, equalize, uniform_classes
+from .budget_selection import capture_within_budget, equalize, respect_floor, uniform_classes
 from .capture import apply_captures, build_masks, clip_elements, enforce_zeros, find_captures
 from .errors import ForcePruneError
 from .forces import Force, resolve
@@ -148,17 +148,15 @@ class ForcePruner:
         """(Re)trace the model and collect its unit sets, keeping captured masks by name."""
         old = {us.name: us.dead for us in getattr(self, "unit_sets", [])}
         inputs = self._inputs()
-        self.graph, unit_sets = build_unit_sets(
-            self.model, inputs, self.ignored_layers, ignore_output_layers=self.ignore_output_layers
-        )
+        self.graph, unit_sets = build_unit_sets(self.model, inputs, self.ignored_layers,
+                                                ignore_output_layers=self.ignore_output_layers)
         self.unit_sets = [us for us in unit_sets if self.kinds is None or us.kind in self.kinds]
         if not self.unit_sets and not allow_empty:
             raise ForcePruneError(
                 "the model has no prunable unit: every conv/linear layer is ignored, is an output layer, or is "
                 f"coupled to a LayerNorm/embedding{'' if self.kinds is None else f', or of a kind not in kinds={self.kinds}'}. "
                 "Check ignored_layers, or pass ignore_output_layers=False; for attention that was reported unmapped, "
-                "register its layout (forceprune.attention.register_attention_layout)."
-            )
+                "register its layout (forceprune.attention.register_attention_layout).")
         for us in self.unit_sets:
             if us.name in old and len(old[us.name]) == us.size:
                 us.dead = old[us.name].clone()
@@ -174,25 +172,28 @@ class ForcePruner:
         if always or self._calls % 10 == 1:
             check_modules(self.model, self._watched)
 
-    def _uniform(self, removes: list[torch.Tensor]) -> list[torch.Tensor]:
-        """With ``uniform``, the removal masks of what a uniform removal would take (the fewest
-        zero units any set of a kind and size has, from each of them)."""
-        if not self.uniform or not self._classes:
-            return removes
-        return equalize(removes, self._classes, [torch.zeros(us.size) for us in self.unit_sets], "min")
+    def _as_removed(self, removes: list[torch.Tensor]) -> list[torch.Tensor]:
+        """What removal would take of ``removes``: with ``uniform`` the fewest zero units any set
+        of a kind and size has, from each; with a budget's ``min_width`` / ``round_to``, the zero
+        units it keeps to respect them (so the controller counts the widths removal keeps)."""
+        zeros, budget = [torch.zeros(us.size) for us in self.unit_sets], getattr(self.controller, "budget", None)
+        if self.uniform and self._classes:
+            removes = equalize(removes, self._classes, zeros, "min")
+        if budget is not None and (budget.round_to > 1 or budget.min_width > 1):
+            removes = [respect_floor(r, z, budget) for r, z in zip(removes, zeros)]
+        return removes
 
     def _make_controller(self, metric: str, target: float, total_steps, options) -> BudgetController:
         asked = target
         if metric == "latency":
             metric, target, self.latency_model = latency_budget(self.model, self.unit_sets, self._inputs(), target)
         budget = Budget(target=target, metric=metric, total_steps=total_steps or 0, **(options or {}))
-        floor = self.kept_fraction(self._preview(floor_masks(self.unit_sets, budget.min_width)), budget.metric)
-        if floor > budget.target:
+        smallest = floor_masks(self.unit_sets, budget.min_width, budget.round_to)
+        if (floor := self.kept_fraction(self._preview(smallest), budget.metric)) > budget.target:
             raise ForcePruneError(
-                f"target_{metric}={asked} cannot be met: the smallest model that keeps "
-                f"min_width={budget.min_width} unit(s) per unit set has {floor:.3f} of the dense {metric}. "
-                "Raise the target, lower min_width, or prune more layers (check ignored_layers)."
-            )
+                f"target_{metric}={asked} cannot be met: the smallest model that keeps min_width={budget.min_width} "
+                f"unit(s) per unit set, widths a multiple of round_to={budget.round_to}, has {floor:.3f} of the dense "
+                f"{metric}. Raise the target, lower min_width or round_to, or prune more layers (check ignored_layers).")
         updates = int((budget.reach - budget.warmup) * budget.total_steps / budget.every)
         if updates < 3:
             warnings.warn(
@@ -301,7 +302,7 @@ class ForcePruner:
                                 else [float(us.numel("all").mean()) for us in self.unit_sets])
         dense = self.macs_dense if budget.metric == "macs" else self.params_dense
         dead = [us.dead for us in self.unit_sets]
-        go = must_go(self.unit_scores(), self._unit_costs, dense, budget.target, dead, budget.min_width)
+        go = must_go(self.unit_scores(), self._unit_costs, dense, budget.target, dead, budget.min_width, budget.round_to)
         if self.spare_keepers:
             self._force_masks = [g.float() for g in go]
         rates = step_shrink(self.force, self.unit_sets, self._set_weights, self.optimizer, self._proximal,
@@ -348,7 +349,7 @@ class ForcePruner:
         return (*self._counts_now, *counts_if_removed(self.model, self.unit_sets, inputs, removable))
 
     def _fraction_if_removed(self, removes: list[torch.Tensor]) -> float:
-        return self.kept_fraction(self._preview(self._uniform(removes)))
+        return self.kept_fraction(self._preview(self._as_removed(removes)))
 
     def kept_fraction(self, preview: tuple | None = None, metric: str | None = None) -> float:
         """Fraction of the dense cost the model would keep if removable units were removed."""
@@ -381,7 +382,7 @@ class ForcePruner:
 
     def summary(self) -> dict:
         """Units captured so far and the MACs/params the model would have if they were removed."""
-        removable = self._uniform([removable_units(us)[0] for us in self.unit_sets])
+        removable = self._as_removed([removable_units(us)[0] for us in self.unit_sets])
         key = tuple(tuple(torch.nonzero(r).flatten().tolist()) for r in removable)
         if self._summary_cache is None or self._summary_cache[0] != key:
             self._summary_cache = (key, self._preview(removable))
@@ -421,8 +422,7 @@ class ForcePruner:
         for us in self.unit_sets:
             us.dead = torch.zeros(0, dtype=torch.bool)  # stale after surgery; _rebuild() resets
         self._rebuild(allow_empty=True)
-        self._summary_cache = self._counts_now = self._unit_costs = self._force_masks = None
-        self._input_norms = self._importance_at = None
+        self._summary_cache = self._counts_now = self._unit_costs = self._force_masks = self._input_norms = self._importance_at = None
         return report
 
     # -- state -------------------------------------------------------------------------------------

@@ -13,6 +13,20 @@ def test_must_go_takes_captured_units_then_the_weakest_by_score():
     assert go[0].tolist() == [False, True, True, True] and go[1].tolist() == [True, False]
 
 
+def test_with_round_to_a_set_that_loses_units_keeps_a_multiple():
+    scores = [torch.arange(16.0), torch.arange(8.0)]
+    dead = [torch.zeros(16, dtype=torch.bool), torch.zeros(8, dtype=torch.bool)]
+    # every unit costs 1 of a dense 24: target 0.75 needs >= 6 units gone, which leaves widths
+    # that are not multiples of 4; rounded, each set that loses units loses its next weakest too
+    go = must_go(scores, [1.0, 1.0], 24.0, target=0.75, dead=dead)
+    kept = [len(g) - int(g.sum()) for g in go]
+    rounded = must_go(scores, [1.0, 1.0], 24.0, target=0.75, dead=dead, round_to=4)
+    kept_rounded = [len(g) - int(g.sum()) for g in rounded]
+    assert all(k % 4 == 0 for k in kept_rounded) and kept != kept_rounded
+    assert all((g | r).equal(r) for g, r in zip(go, rounded)), "rounding only adds the next weakest units"
+    assert sum(kept_rounded) <= sum(kept)
+
+
 def test_every_set_keeps_min_width():
     go = must_go([torch.tensor([1.0, 2.0])], [1.0], 2.0, target=0.01, dead=[torch.zeros(2, dtype=torch.bool)], min_width=1)
     assert go[0].tolist() == [True, False]
