@@ -112,3 +112,17 @@ def test_resume_keeps_the_points_that_ran_and_runs_the_rest(data_dir, tmp_path, 
     assert "kept from an earlier run" in (tmp_path / "smoke.md").read_text()
     with pytest.raises(ForcePruneError, match="another budget.*epochs"):
         bench.main("smoke", data_dir=data_dir, output_dir=str(tmp_path), resume=True, epochs=2)
+
+
+def test_a_starting_strength_suite_plots_accuracy_against_the_starting_beta(tmp_path):
+    from benchmarks.vision_report import markdown, plot, summarise
+
+    points = [{"method": m, "level": 0.3, "beta": b, "round_to": 1, "seed": 0, "acc_final": a, "acc_before_removal": a,
+               "acc_after_removal": a, "macs_reduction": 3.3, "macs_reached_vs_target": 1.0, "step_overhead": 0.01,
+               "latency": None} for m, b, a in [("etp", 1e-3, 53.0), ("etp", 1e-1, 52.0), ("torque", 1e-3, 46.0)]]
+    result = {"suite": {"name": "t", "model": "resnet20", "dataset": "cifar10", "note": "", "epochs": 1,
+                        "finetune_epochs": 0, "seeds": [0]},
+              "summary": summarise(points), "points": points, "command": "c", "date": "d", "machine": "m", "wall_s": 1.0}
+    plot(result, tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 1000
+    assert "0.3 (3×), from β=0.001" in markdown(result)
