@@ -31,7 +31,7 @@ from forceprune.baselines import METHODS as TP_METHODS
 from forceprune.errors import ForcePruneError, NonFiniteError
 
 from .common import machine, step_overhead, write_result
-from .vision_report import markdown, plot, summarise  # noqa: F401 (the suite's outputs)
+from .vision_report import markdown, plot, summarise, variant_key  # noqa: F401 (the suite's outputs)
 
 FORCE_METHODS = {
     "etp": ("etp", {"beta": 1e-2, "norm": "l2"}),
@@ -154,7 +154,7 @@ def main(suite: str, data_dir: str | None = None, output_dir: str | None = None,
 
 
 def _point_key(p: dict) -> tuple:
-    return p["method"], p["seed"], p["level"], p.get("beta"), p.get("round_to", 1)
+    return (*variant_key(p), p["seed"])
 
 
 #: Suite fields a resumed run may change: which points it has (seeds, methods, variants), not how
@@ -277,12 +277,13 @@ def latencies(report: dict, dense, pruned, task) -> dict:
 
     out: dict[str, Any] = {}
     images = task.calibration_inputs
-    nchw = [copy.deepcopy(m).to(memory_format=torch.contiguous_format) for m in (dense, pruned)]
+    nchw = [copy.deepcopy(m).to(memory_format=torch.contiguous_format) for m in (dense, pruned)] \
+        if task.channels_last else None
     for b, d in report["latency_ms_before"].items():
         p = report["latency_ms_after"][b]
         out[f"eager_b{b}"] = {"dense_ms": d, "pruned_ms": p, "speedup": d / p}
         x = images[torch.arange(int(b)) % len(images)]
-        if task.channels_last and x.ndim == 4:
+        if nchw is not None and x.ndim == 4:
             dn, pn = side_by_side_latency(*nchw, x.contiguous(), **task.latency_settings())
             out[f"nchw_b{b}"] = {"dense_ms": dn, "pruned_ms": pn, "speedup": dn / pn}
         ort = _ort_latency(dense, pruned, x)

@@ -12,11 +12,16 @@ LATENCY_KEYS = ("eager_b1", "eager_b64", "nchw_b1", "nchw_b64", "ort_b1", "ort_b
 RUNTIMES = {"eager": "eager, channels-last", "nchw": "eager, NCHW", "ort": "ONNX Runtime"}
 
 
+def variant_key(p: dict) -> tuple:
+    """``(method, level, beta, round_to)`` of a point: the row of the tables it belongs to."""
+    return p["method"], p["level"], p.get("beta"), p.get("round_to", 1)
+
+
 def summarise(points: list[dict]) -> list[dict]:
-    """Mean and standard deviation over seeds, per (method, level)."""
+    """Mean and standard deviation over seeds, per row (:func:`variant_key`)."""
     groups: dict[tuple, list[dict]] = {}
     for p in points:
-        groups.setdefault((p["method"], p["level"], p.get("beta"), p.get("round_to", 1)), []).append(p)
+        groups.setdefault(variant_key(p), []).append(p)
     dense_acc = [p["acc_final"] for p in points if p["method"] == "dense"]
     dense_mean = statistics.mean(dense_acc) if dense_acc else None
     rows = []
