@@ -17,10 +17,13 @@ clipped to ``[1, 1.25]`` per update (up to 2 when more than 1.5x behind plan, so
 starting beta is corrected quickly): behind plan it pushes harder; ahead of plan it holds.
 Captured units are permanent, so being ahead costs nothing, while a scale that was lowered early
 must be rebuilt late, overshoots and disrupts training: on LeNet-5 / MNIST (8 epochs, 10x target)
-a symmetric [0.5, 2] clip ended at 98.95 %, [0.9, 1.25] at 99.11 %; see BENCHMARKS.md. When a capture would cross the target, only the weakest candidates up to it are captured,
-and the crossing is made on cheap units where possible (a unit's cost varies a lot: a LeNet-5
-conv1 filter is 4 % of the MACs, an fc1 neuron 0.03 %), so that ``f`` lands within
-``tolerance`` below the target. Once ``f <= target`` the budget is met: the force is switched off and capture frozen, so
+a symmetric [0.5, 2] clip ended at 98.95 %, [0.9, 1.25] at 99.11 %; see BENCHMARKS.md.
+
+When a capture would cross the target, only the weakest candidates up to it are captured, and the
+crossing is made on cheap units where possible (a unit's cost varies a lot: a LeNet-5 conv1 filter
+is 4 % of the MACs, an fc1 neuron 0.03 %), so that ``f`` lands within ``tolerance`` below the
+target; if every crossing would land further below and ``f`` is already within ``tolerance``
+above, it stays there. Then the budget is met: the force is switched off and capture frozen, so
 the remaining training spends the budget on accuracy (no units come back; captured units stay
 zero). If training ends above target, :meth:`ForcePruner.prune` removes the weakest remaining
 units (global competition by force-weighted norm) until the target holds, and reports the cost.

@@ -71,7 +71,10 @@ def _cross(chosen: Masks, merged: Callable[[Masks], Masks], rest: list[tuple[flo
     """Cross the target without overshooting it by much: units differ in cost (a LeNet-5 conv1
     filter is 4 % of the MACs, an fc1 neuron 0.03 %), so take the next candidates (weakest first)
     that keep the fraction within ``tolerance`` below the target, skipping those that would
-    overshoot; if none lands there, take the weakest crossing unit."""
+    overshoot. If none lands there, the budget is met where it stands when the fraction is
+    already within ``tolerance`` above the target (removal accepts that, and every crossing unit
+    lands further away below: on LeNet-5 / MNIST one conv filter took 0.103 to 0.087, 11.5x for
+    a 10x target); otherwise the weakest crossing unit is taken."""
     low = budget.target * (1 - budget.tolerance)
     current = fraction(merged(chosen))
     for unit in rest[:tries]:
@@ -81,7 +84,9 @@ def _cross(chosen: Masks, merged: Callable[[Masks], Masks], rest: list[tuple[flo
         value = fraction(merged(trial))
         if value >= low:
             chosen, current = trial, value
-    return chosen if current <= budget.target else _with(chosen, rest[:1])
+    if current <= budget.target * (1 + budget.tolerance):
+        return chosen
+    return _with(chosen, rest[:1])
 
 
 def uniform_classes(keys: Sequence[object]) -> list[list[int]]:
