@@ -120,6 +120,17 @@ class Budget:
         """Steps of the warm-up: the controller plans at step ``warmup_steps + 1``."""
         return int(self.warmup * self.total_steps)
 
+    def short_schedule(self) -> str | None:
+        """A warning when the schedule leaves the controller fewer than 3 updates before
+        ``reach`` (the target would then be met by cutting non-zero units at removal)."""
+        updates = int((self.reach - self.warmup) * self.total_steps / self.every)
+        if updates >= 3:
+            return None
+        return (f"the schedule is too short for the budget controller: only {updates} budget update(s) between the "
+                f"warm-up and reach={self.reach} of total_steps={self.total_steps} (every {self.every} steps); the "
+                "target will likely be met by cutting non-zero units at removal. Train for more steps, or raise "
+                "budget.reach / lower budget.warmup.")
+
     def update_due(self, step: int) -> bool:
         """Whether the controller updates after ``step``: every ``every`` steps, and right
         after the warm-up (when the plan sets the force's strength)."""

@@ -141,13 +141,38 @@ def complete_budget(removes: Masks, scores: Sequence[torch.Tensor], fraction: Fr
     return floored(_with(removes, candidates[:lo])), [note]
 
 
+def kept_width(kept: int, size: int, budget: Budget) -> int:
+    """The width removal keeps of a set of ``size`` units when ``kept`` are left: at least
+    ``min_width``, rounded *up* to a multiple of ``round_to``, never above ``size``. (The plan,
+    :func:`~forceprune.budget_plan.must_go`, rounds the other way -- it takes the next-weakest
+    units -- because it chooses what must go; removal only keeps units back.)"""
+    want = max(kept, min(budget.min_width, size))
+    return min(size, -(-want // budget.round_to) * budget.round_to)
+
+
+def as_removed(removes: Masks, budget: Budget | None, classes: Sequence[Sequence[int]] = ()) -> Masks:
+    """What lossless removal takes of the zero units ``removes``: with ``classes`` (uniform
+    widths) the fewest any set of a class has, from each; with a budget, the widths
+    :func:`kept_width` allows (zero units kept back, lowest index first). The controller counts
+    costs on these masks, so that it sees the widths removal will keep."""
+    zeros = [torch.zeros(len(r)) for r in removes]
+    if classes:
+        removes = equalize(removes, classes, zeros, "min")
+    if budget is not None and (budget.round_to > 1 or budget.min_width > 1):
+        removes = [respect_floor(r, z, budget) for r, z in zip(removes, zeros)]
+    return removes
+
+
+def smallest(sizes: Sequence[int], budget: Budget) -> Masks:
+    """Removal masks of the smallest model ``budget`` allows: every set at its floor width."""
+    return [respect_floor(torch.ones(n, dtype=torch.bool), torch.zeros(n), budget) for n in sizes]
+
+
 def respect_floor(remove: torch.Tensor, score: torch.Tensor, budget: Budget) -> torch.Tensor:
     """Keep at least ``min_width`` units and a multiple of ``round_to`` (best scores first)."""
     size = len(remove)
     kept = size - int(remove.sum())
-    want = max(kept, min(budget.min_width, size))
-    if budget.round_to > 1:
-        want = min(size, -(-want // budget.round_to) * budget.round_to)
+    want = kept_width(kept, size, budget)
     if want <= kept:
         return remove
     remove = remove.clone()

@@ -38,13 +38,3 @@ def counts_if_removed(model: nn.Module, unit_sets: list[UnitSet], inputs, remova
     """``(MACs, params)`` of the model with the given units removed (per forward pass of ``inputs``)."""
     return count_macs_params(pruned_copy(model, unit_sets, inputs, removable), inputs)
 
-
-def floor_masks(unit_sets: list[UnitSet], min_width: int, round_to: int = 1) -> list[torch.Tensor]:
-    """Removal masks of the smallest model a budget allows: every set cut to ``min_width``
-    units, rounded up to a multiple of ``round_to`` (never above the set's size)."""
-    masks = []
-    for us in unit_sets:
-        remove = torch.ones(us.size, dtype=torch.bool)
-        remove[: min(-(-min_width // round_to) * round_to, us.size)] = False
-        masks.append(remove)
-    return masks

@@ -23,13 +23,13 @@ from ._torch import model_device, to_device
 from .budget import Budget, BudgetController, target_of
 from .budget_plan import must_go, needed_scale
 from .activations import InputNorms, activation_scores, input_norms, reads
-from .budget_selection import capture_within_budget, equalize, respect_floor, uniform_classes
+from .budget_selection import as_removed, capture_within_budget, smallest, uniform_classes
 from .capture import apply_captures, build_masks, clip_elements, enforce_zeros, find_captures
 from .errors import ForcePruneError
 from .forces import Force, resolve
 from .latency import latency_budget
 from .metrics import count_macs_params
-from .preview import counts_if_removed, floor_masks, pruned_copy
+from .preview import counts_if_removed, pruned_copy
 from .proximal import proximal_force_step
 from .pruner_checks import check_finite, check_finite_penalty, check_materialised, check_modules, check_options
 from .removal import keep_one, plan_removal, remove, removable_units
@@ -173,34 +173,22 @@ class ForcePruner:
             check_modules(self.model, self._watched)
 
     def _as_removed(self, removes: list[torch.Tensor]) -> list[torch.Tensor]:
-        """What removal would take of ``removes``: with ``uniform`` the fewest zero units any set
-        of a kind and size has, from each; with a budget's ``min_width`` / ``round_to``, the zero
-        units it keeps to respect them (so the controller counts the widths removal keeps)."""
-        zeros, budget = [torch.zeros(us.size) for us in self.unit_sets], getattr(self.controller, "budget", None)
-        if self.uniform and self._classes:
-            removes = equalize(removes, self._classes, zeros, "min")
-        if budget is not None and (budget.round_to > 1 or budget.min_width > 1):
-            removes = [respect_floor(r, z, budget) for r, z in zip(removes, zeros)]
-        return removes
+        """What removal would take of ``removes`` (:func:`budget_selection.as_removed`)."""
+        return as_removed(removes, getattr(self.controller, "budget", None), self._classes if self.uniform else ())
 
     def _make_controller(self, metric: str, target: float, total_steps, options) -> BudgetController:
         asked = target
         if metric == "latency":
             metric, target, self.latency_model = latency_budget(self.model, self.unit_sets, self._inputs(), target)
         budget = Budget(target=target, metric=metric, total_steps=total_steps or 0, **(options or {}))
-        smallest = floor_masks(self.unit_sets, budget.min_width, budget.round_to)
-        if (floor := self.kept_fraction(self._preview(smallest), budget.metric)) > budget.target:
+        floor = self.kept_fraction(self._preview(smallest([us.size for us in self.unit_sets], budget)), budget.metric)
+        if floor > budget.target:
             raise ForcePruneError(
                 f"target_{metric}={asked} cannot be met: the smallest model that keeps min_width={budget.min_width} "
                 f"unit(s) per unit set, widths a multiple of round_to={budget.round_to}, has {floor:.3f} of the dense "
                 f"{metric}. Raise the target, lower min_width or round_to, or prune more layers (check ignored_layers).")
-        updates = int((budget.reach - budget.warmup) * budget.total_steps / budget.every)
-        if updates < 3:
-            warnings.warn(
-                f"the schedule is too short for the budget controller: only {updates} budget update(s) between the "
-                f"warm-up and reach={budget.reach} of total_steps={budget.total_steps} (every {budget.every} steps); the "
-                "target will likely be met by cutting non-zero units at removal. Train for more steps, or raise "
-                "budget.reach / lower budget.warmup.", stacklevel=3)
+        if (message := budget.short_schedule()) is not None:
+            warnings.warn(message, stacklevel=3)
         return BudgetController.for_capture(budget, self.capture_mode)
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -241,7 +229,8 @@ class ForcePruner:
         self._check_modules()
         if lr is None:
             if self.optimizer is None:
-                raise ForcePruneError("proximal_step() needs lr= or an optimizer: call pruner.attach_optimizer(optimizer) first.")
+                raise ForcePruneError("proximal_step() needs lr= or an optimizer: "
+                                      "call pruner.attach_optimizer(optimizer) first.")
             lr = float(self.optimizer.param_groups[0]["lr"])
         self._proximal = True
         if self.scale == 0.0:
@@ -302,7 +291,8 @@ class ForcePruner:
                                 else [float(us.numel("all").mean()) for us in self.unit_sets])
         dense = self.macs_dense if budget.metric == "macs" else self.params_dense
         dead = [us.dead for us in self.unit_sets]
-        go = must_go(self.unit_scores(), self._unit_costs, dense, budget.target, dead, budget.min_width, budget.round_to)
+        go = must_go(self.unit_scores(), self._unit_costs, dense, budget.target, dead,
+                     budget.min_width, budget.round_to)
         if self.spare_keepers:
             self._force_masks = [g.float() for g in go]
         rates = step_shrink(self.force, self.unit_sets, self._set_weights, self.optimizer, self._proximal,
@@ -334,7 +324,8 @@ class ForcePruner:
         # removable already, candidates aside (a proximal step may zero many units at once: they
         # compete as candidates, they are not counted as removed)
         base = [removable_units(us)[0] & ~f for us, f in zip(self.unit_sets, found)]
-        chosen, reached = capture_within_budget(found, base, self.unit_scores(), self._fraction_if_removed, self.controller.budget)
+        chosen, reached = capture_within_budget(found, base, self.unit_scores(), self._fraction_if_removed,
+                                                self.controller.budget)
         if reached:
             self.controller.reached = True
             self.controller.scale = 0.0
@@ -388,10 +379,13 @@ class ForcePruner:
             self._summary_cache = (key, self._preview(removable))
         macs_dense, params_dense, macs, params = self._summary_cache[1]
         return {
-            "units_total": sum(us.size for us in self.unit_sets), "units_zero": int(sum(int(r.sum()) for r in removable)),
-            "macs_dense": macs_dense, "params_dense": params_dense, "macs_if_pruned": macs, "params_if_pruned": params,
+            "units_total": sum(us.size for us in self.unit_sets),
+            "units_zero": int(sum(int(r.sum()) for r in removable)),
+            "macs_dense": macs_dense, "params_dense": params_dense,
+            "macs_if_pruned": macs, "params_if_pruned": params,
             "widths_if_pruned": {us.name: us.size - int(keep_one(r).sum()) for us, r in zip(self.unit_sets, removable)},
-            "budget": self.controller.describe() if self.controller is not None else None}
+            "budget": self.controller.describe() if self.controller is not None else None,
+        }
 
     # -- removal ---------------------------------------------------------------------------------
     def prune(self, widths: dict[str, int] | None = None, tolerance: float = 0.0, calibration_inputs=None,
@@ -422,7 +416,8 @@ class ForcePruner:
         for us in self.unit_sets:
             us.dead = torch.zeros(0, dtype=torch.bool)  # stale after surgery; _rebuild() resets
         self._rebuild(allow_empty=True)
-        self._summary_cache = self._counts_now = self._unit_costs = self._force_masks = self._input_norms = self._importance_at = None
+        self._summary_cache = self._counts_now = self._unit_costs = None  # costs of the old widths
+        self._force_masks = self._input_norms = self._importance_at = None  # per-unit state of the old widths
         return report
 
     # -- state -------------------------------------------------------------------------------------

@@ -349,3 +349,16 @@ def test_spare_keepers_pushes_only_the_units_the_target_needs_gone():
 
     spared, plain = kept_norm(spare=True), kept_norm(spare=False)
     assert spared > plain + 0.15, (spared, plain)  # measured: 0.89 of their norm kept vs 0.62
+
+
+@pytest.mark.parametrize("kept, size, min_width, round_to, width", [
+    (3, 10, 1, 1, 3), (0, 10, 3, 4, 4), (5, 10, 1, 4, 8), (9, 10, 1, 4, 10), (0, 2, 5, 1, 2), (7, 16, 1, 8, 8)])
+def test_kept_width_is_the_floor_rounded_up(kept, size, min_width, round_to, width):
+    from forceprune.budget_selection import as_removed, kept_width, smallest
+
+    budget = Budget(target=0.5, total_steps=10, min_width=min_width, round_to=round_to)
+    assert kept_width(kept, size, budget) == width
+    remove = torch.arange(size) >= kept  # `kept` units left, the rest zero
+    assert int((~as_removed([remove], budget)[0]).sum()) == width
+    if kept == 0:
+        assert torch.equal(smallest([size], budget)[0], as_removed([remove], budget)[0])
