@@ -211,7 +211,7 @@ def variants(spec: Suite, method: str) -> list[dict]:
 
 
 def _config(spec: Suite, method: str, level: float | None, seed: int, data_dir: str | None, beta: float | None = None,
-            round_to: int = 1):
+            round_to: int = 1, output_dir: str = "fp-bench-point"):
     from forceprune.runs import VisionConfig
 
     force, options = FORCE_METHODS.get(method, ("none", {}))
@@ -225,7 +225,7 @@ def _config(spec: Suite, method: str, level: float | None, seed: int, data_dir: 
         epochs=spec.epochs - (spec.finetune_epochs if is_tp else 0), lr=spec.lr, batch_size=spec.batch_size,
         weight_decay=spec.weight_decay, seed=seed, train_subset=spec.train_subset, test_subset=spec.test_subset,
         target_macs=level if method in FORCE_METHODS else None, finetune_epochs=spec.finetune_epochs if is_tp else 0,
-        latency_batch_sizes=spec.latency_batches, latency_repeats=50, output_dir=tempfile.mkdtemp(prefix="fp-bench-"),
+        latency_batch_sizes=spec.latency_batches, latency_repeats=50, output_dir=output_dir,
         budget={"round_to": round_to} if round_to > 1 else {},
     )
 
@@ -235,11 +235,16 @@ def run_point(spec: Suite, method: str, level: float | None, seed: int, data_dir
     """Train and prune one (method, MACs level, seed) under the suite's budget. ``beta``: a force
     method's starting strength (with ``level=None``: its fixed strength, no target);
     ``round_to``: kept widths rounded up to a multiple of it."""
+    with tempfile.TemporaryDirectory(prefix="fp-bench-") as out:  # the point's run directory, removed after
+        config = _config(spec, method, level, seed, data_dir, beta, round_to, output_dir=out)
+        return _run_point(config, method, level, seed, beta, round_to)
+
+
+def _run_point(config, method: str, level: float | None, seed: int, beta: float | None, round_to: int) -> dict:
     from forceprune.baselines import TorchPruningMethod
     from forceprune.runs.pipeline import Run, prune_stage, train_stage
     from forceprune.runs.vision import VisionTask
 
-    config = _config(spec, method, level, seed, data_dir, beta, round_to)
     task = VisionTask(config)
     run = Run(Path(config.output_dir), progress=False, checkpoints=False)
     def tp_method(task_, model, total_steps):
