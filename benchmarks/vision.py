@@ -269,6 +269,7 @@ def _run_point(config, method: str, level: float | None, seed: int, beta: float 
         "max_output_error": report["max_output_error"], "macs_reduction": report["macs_reduction"],
         "macs_reached_vs_target": report["macs_after"] / report["macs_before"] / level if level and method != "dense" else None,
         "step_overhead": kept.get("overhead"),
+        "widths": {layer["name"]: layer["width_after"] for layer in report.get("layers", [])},  # kept, per unit set
     }
     point["latency"] = None if method == "dense" else latencies(report, kept["dense"], trained.model, task)
     return point
