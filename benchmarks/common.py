@@ -39,18 +39,20 @@ def write_result(result: dict, out: Path, name: str, markdown: Callable[[dict], 
 def step_overhead(model, pruner, task, steps: int = 20, prox: bool = False) -> float:
     """Extra time of ``penalty()`` (with ``prox``: ``proximal_step()``) + ``pruner.step()``
     relative to a plain training step (median over interleaved rounds, same batch, SGD at lr 0),
-    with the force *active* (a met
-    budget switches the force off and freezes capture, which would hide their cost); the model's
-    weights and the pruner's state are restored afterwards."""
+    with the force *active*: a met budget switches the force off and freezes capture, which
+    would hide their cost, so the controller is set back to unmet before every forced step (a
+    controller update inside the rounds would otherwise find the budget met and switch the
+    force off for the rest of them). The model's weights and the pruner's state are restored
+    afterwards."""
     saved = copy.deepcopy(model.state_dict()), pruner.state_dict(), pruner.optimizer
-    if pruner.controller is not None:
-        pruner.controller.reached, pruner.controller.scale = False, 1.0
     batch = next(iter(task.train_batches))
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     pruner.attach_optimizer(opt)
 
     def one(with_force: bool) -> float:
+        if with_force and pruner.controller is not None:
+            pruner.controller.reached, pruner.controller.scale = False, 1.0
         t0 = time.perf_counter()
         loss = task.objective(model, batch)[0]
         if with_force and not prox:

@@ -126,3 +126,37 @@ def test_a_starting_strength_suite_plots_accuracy_against_the_starting_beta(tmp_
     plot(result, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 1000
     assert "0.3 (3×), from β=0.001" in markdown(result)
+
+
+def test_step_overhead_keeps_the_force_active_through_a_met_budget():
+    """A controller update inside the timed rounds finds the budget met and switches the force
+    off; the measurement must time the force, not its absence, and leave the run as it was."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import forceprune as fp
+    from benchmarks.common import step_overhead
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    x = torch.randn(16, 8)
+    pruner = fp.ForcePruner(model, x[:1], "etp", target_macs=0.9, total_steps=40, budget={"every": 2})
+    with torch.no_grad():  # half the hidden neurons at exact zero: captured, the budget is met
+        model[0].weight[:16], model[0].bias[:16], model[2].weight[:, :16] = 0.0, 0.0, 0.0
+    pruner.capture()
+    assert pruner.controller.reached and pruner.kept_fraction() <= 0.9
+    pruner.steps = 40  # the end of training
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scales, penalty = [], pruner.penalty
+
+    def recording_penalty():
+        scales.append(pruner.scale)
+        return penalty()
+
+    pruner.penalty = recording_penalty
+    task = SimpleNamespace(train_batches=[(x, None)], objective=lambda m, batch: (m(batch[0]).pow(2).mean(),))
+    step_overhead(model, pruner, task, steps=6)
+    assert len(scales) == 6 and min(scales) > 0, f"the force was off during the measurement: {scales}"
+    assert pruner.controller.reached and pruner.steps == 40, "the pruner's state is restored"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
