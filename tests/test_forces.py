@@ -45,6 +45,20 @@ def test_profiles_are_monotone_in_distance(name):
     assert all(b >= a - 1e-6 for a, b in zip(phi[1:-1], phi[2:])), phi
 
 
+@pytest.mark.parametrize("name", ["etp", "torque", "group_lasso", "gravity", "electrostatic"])
+def test_a_profile_computed_once_per_size_is_the_same_and_safe_to_modify(name):
+    """Positional laws cache their profile per size (the penalty asks every step); the norms
+    still move the inverse-square laws' masses, and a caller's edit does not reach the cache."""
+    force = forces.create(name)
+    first = force.profile(9, torch.linspace(0.1, 1.0, 9))
+    first.mul_(0)  # the caller's copy
+    again = force.profile(9, torch.linspace(0.1, 1.0, 9))
+    assert again.abs().sum() > 0
+    heavier = force.profile(9, torch.linspace(0.1, 1.0, 9).flip(0))
+    assert force.positional == (name in ("etp", "torque", "group_lasso"))
+    assert torch.equal(again, heavier) == force.positional, "only the inverse-square laws read the norms"
+
+
 def test_middle_pivot_is_symmetric_and_ranked_pivot_follows_norms():
     phi = forces.create("etp", pivot="middle").profile(7)
     assert phi.argmin().item() == 3

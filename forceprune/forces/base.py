@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import difflib
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Union
@@ -84,6 +85,9 @@ class Force(abc.ABC):
     distance_norm: str = "max"
 
     name: ClassVar[str] = "base"
+    #: the weights depend on the units' positions only (not on their norms or signs): with a
+    #: fixed pivot the profile is a function of the set's size, computed once per size
+    positional: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.beta, (int, float)) or not math.isfinite(self.beta) or self.beta < 0:
@@ -139,9 +143,22 @@ class Force(abc.ABC):
 
     def profile(self, size: int, norms: torch.Tensor | None = None, signs: torch.Tensor | None = None) -> torch.Tensor:
         """The ``(G,)`` force weights for a unit set of ``size`` units (for plots and tests)."""
+        return self._profile(size, norms, signs).clone()
+
+    def _profile(self, size: int, norms: torch.Tensor | None, signs: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`profile`, shared (do not modify it): a positional law with a fixed pivot
+        computes it once per size (the penalty asks for it at every step)."""
+        if self.positional and self.pivot != "ranked":
+            return self._positional_profile(size)
         norms = torch.ones(size) if norms is None else norms.detach().float().cpu()
         d, anchor = self.distances(size, norms)
         return self.weights(self.normalised(d, size), norms, anchor, signs)
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (forces are frozen, hashable and few)
+    def _positional_profile(self, size: int) -> torch.Tensor:
+        norms = torch.ones(size)
+        d, anchor = self.distances(size, norms)
+        return self.weights(self.normalised(d, size), norms, anchor, None)
 
     def penalty(self, sums: torch.Tensor, signs: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 importance: torch.Tensor | None = None) -> torch.Tensor:
@@ -149,7 +166,7 @@ class Force(abc.ABC):
         ``mask`` (``(G,)``, optional) multiplies ``phi`` (0 spares a unit); ``importance``
         (``(G,)``, optional) stands in for the norms in the profile (a ranked pivot ranks by it)."""
         norms = self.unit_norms(sums)
-        phi = self.profile(len(sums), norms if importance is None else importance, signs).to(norms.device, norms.dtype)
+        phi = self._profile(len(sums), norms if importance is None else importance, signs).to(norms.device, norms.dtype)
         if mask is not None:
             phi = phi * mask.to(phi.device, phi.dtype)
         total = (phi * norms).sum()

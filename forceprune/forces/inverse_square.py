@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -34,6 +35,8 @@ def _inverse_square(x: torch.Tensor, distance: str, eps: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _InverseSquare(Force):
+    positional: ClassVar[bool] = False  # masses / charges are the units' norms
+
     distance: str = "from_tail"
     eps: float = 0.1
 
