@@ -22,8 +22,9 @@ a symmetric [0.5, 2] clip ended at 98.95 %, [0.9, 1.25] at 99.11 %; see BENCHMAR
 When a capture would cross the target, only the weakest candidates up to it are captured, and the
 crossing is made on cheap units where possible (a unit's cost varies a lot: a LeNet-5 conv1 filter
 is 4 % of the MACs, an fc1 neuron 0.03 %), so that ``f`` lands within ``tolerance`` below the
-target; if every crossing would land further below and ``f`` is already within ``tolerance``
-above, it stays there. Then the budget is met: the force is switched off and capture frozen, so
+target; if every crossing would land further below, ``f`` stays where it is when already within
+``tolerance`` above, and otherwise the crossing waits for cheaper units (until 90 % of
+training). Then the budget is met: the force is switched off and capture frozen, so
 the remaining training spends the budget on accuracy (no units come back; captured units stay
 zero). If training ends above target, :meth:`ForcePruner.prune` removes the weakest remaining
 units (global competition by force-weighted norm) until the target holds, and reports the cost.
@@ -131,6 +132,14 @@ class Budget:
                 "target will likely be met by cutting non-zero units at removal. Train for more steps, or raise "
                 "budget.reach / lower budget.warmup.")
 
+    def may_wait(self, step: int, cheapest: float) -> bool:
+        """Whether a capture that would overshoot the target far below may wait for cheaper
+        units instead (:func:`~forceprune.budget_selection.capture_within_budget`): until
+        :data:`CROSSING_WAIT` of training (the rest recovers after the crossing), and only when
+        the ``cheapest`` unit (its fraction of the dense cost) can land within the tolerance --
+        on a model whose every unit is coarse, waiting ends in cutting a non-zero unit."""
+        return step < CROSSING_WAIT * self.total_steps and cheapest <= self.tolerance * self.target
+
     def update_due(self, step: int) -> bool:
         """Whether the controller updates after ``step``: every ``every`` steps, and right
         after the warm-up (when the plan sets the force's strength)."""
@@ -146,6 +155,9 @@ class Budget:
         s = (progress - self.warmup) / (self.reach - self.warmup)
         return target**s
 
+
+#: Fraction of training until which an overshooting crossing waits for cheaper units.
+CROSSING_WAIT = 0.9
 
 #: Element capture: the largest multiple of the planned scale the controller's feedback may build.
 ELEMENT_CEILING = 4.0

@@ -279,6 +279,14 @@ class ForcePruner:
                                                 for us in self.unit_sets])
         return self._importance_at[1]
 
+    def _costs(self) -> tuple[list[float], float]:
+        """Per unit set the cost of one unit (at dense widths), and the dense model's, in the
+        budget's metric (MACs or params)."""
+        if self._unit_costs is None:
+            self._unit_costs = (unit_costs(self.model, self.unit_sets, self._inputs()) if self.controller.budget.metric
+                                == "macs" else [float(us.numel("all").mean()) for us in self.unit_sets])
+        return self._unit_costs, self.macs_dense if self.controller.budget.metric == "macs" else self.params_dense
+
     def _needed_scale(self) -> float | None:
         """The scale that zeroes, before the budget's ``reach``, the units its target needs gone
         (:func:`forceprune.budget_plan.needed_scale`); None when the rate is unknown. With
@@ -286,13 +294,9 @@ class ForcePruner:
         budget = self.controller.budget
         if budget.metric == "latency":
             return None
-        if self._unit_costs is None:
-            self._unit_costs = (unit_costs(self.model, self.unit_sets, self._inputs()) if budget.metric == "macs"
-                                else [float(us.numel("all").mean()) for us in self.unit_sets])
-        dense = self.macs_dense if budget.metric == "macs" else self.params_dense
+        costs, dense = self._costs()
         dead = [us.dead for us in self.unit_sets]
-        go = must_go(self.unit_scores(), self._unit_costs, dense, budget.target, dead,
-                     budget.min_width, budget.round_to)
+        go = must_go(self.unit_scores(), costs, dense, budget.target, dead, budget.min_width, budget.round_to)
         if self.spare_keepers:
             self._force_masks = [g.float() for g in go]
         rates = step_shrink(self.force, self.unit_sets, self._set_weights, self.optimizer, self._proximal,
@@ -324,11 +328,12 @@ class ForcePruner:
         # removable already, candidates aside (a proximal step may zero many units at once: they
         # compete as candidates, they are not counted as removed)
         base = [removable_units(us)[0] & ~f for us, f in zip(self.unit_sets, found)]
-        chosen, reached = capture_within_budget(found, base, self.unit_scores(), self._fraction_if_removed,
-                                                self.controller.budget)
+        budget = self.controller.budget
+        costs, dense = self._costs() if budget.metric != "latency" else ([float("inf")], 1.0)  # latency: no unit costs
+        chosen, reached = capture_within_budget(found, base, self.unit_scores(), self._fraction_if_removed, budget,
+                                                may_wait=budget.may_wait(self.steps, min(costs) / dense))
         if reached:
-            self.controller.reached = True
-            self.controller.scale = 0.0
+            self.controller.reached, self.controller.scale = True, 0.0
         return chosen
 
     # -- costs ---------------------------------------------------------------------------------

@@ -213,6 +213,15 @@ def test_selection_policy_on_synthetic_costs():
         chosen, reached = capture_within_budget(filter_only, six_gone, scores, fraction,
                                                 Budget(target=target, total_steps=10, tolerance=tolerance))
         assert reached and bool(chosen[0][0]) is takes
+    # 5 % above (outside the tolerance), the only candidate a filter: waits while training has
+    # steps left for cheaper units, crosses at the end
+    target = 0.96875 / 1.05
+    for may_wait, reached_now in ((True, False), (False, True)):
+        chosen, reached = capture_within_budget(filter_only, six_gone, scores, fraction,
+                                                Budget(target=target, total_steps=10), may_wait=may_wait)
+        assert reached is reached_now and bool(chosen[0][0]) is reached_now
+    half = Budget(target=0.5, total_steps=100)
+    assert half.may_wait(89, 0.01) and not half.may_wait(90, 0.01) and not half.may_wait(10, 0.02), "late or coarse"
     everything, reached = capture_within_budget(found, none, scores, fraction, Budget(target=0.2, total_steps=10))
     assert not reached and all(torch.equal(a, b) for a, b in zip(everything, found))
 
