@@ -22,9 +22,9 @@ a symmetric [0.5, 2] clip ended at 98.95 %, [0.9, 1.25] at 99.11 %; see BENCHMAR
 When a capture would cross the target, only the weakest candidates up to it are captured, and the
 crossing is made on cheap units where possible (a unit's cost varies a lot: a LeNet-5 conv1 filter
 is 4 % of the MACs, an fc1 neuron 0.03 %), so that ``f`` lands within ``tolerance`` below the
-target; if every crossing would land further below, ``f`` stays where it is when already within
-``tolerance`` above, and otherwise the crossing waits for cheaper units (until 90 % of
-training). Then the budget is met: the force is switched off and capture frozen, so
+target; if every crossing would land further below, the crossing waits for cheaper units (until
+90 % of training, when cheap units exist), and after that ``f`` stays where it is if within
+``tolerance`` above. Then the budget is met: the force is switched off and capture frozen, so
 the remaining training spends the budget on accuracy (no units come back; captured units stay
 zero). If training ends above target, :meth:`ForcePruner.prune` removes the weakest remaining
 units (global competition by force-weighted norm) until the target holds, and reports the cost.

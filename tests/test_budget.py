@@ -204,8 +204,8 @@ def test_selection_policy_on_synthetic_costs():
     chosen, reached = capture_within_budget(found, none, scores, fraction, budget)
     assert reached and 0.9 * 0.97 <= fraction(chosen) <= 0.9
     assert not chosen[0].any(), "crossing on the weakest candidate (a filter) would overshoot to 0.83"
-    # 2 % above the target and the only candidate a filter (to 0.80): met where it stands, within
-    # the 3 % tolerance removal accepts; with a 1 % tolerance the filter is taken
+    # 2 % above the target and the only candidate a filter (to 0.80), no time left to wait: met
+    # where it stands, within the 3 % tolerance removal accepts; with a 1 % tolerance the filter is taken
     filter_only = [torch.tensor([True, False, False, False]), torch.zeros(64, dtype=torch.bool)]
     six_gone = [torch.zeros(4, dtype=torch.bool), torch.arange(64) < 6]  # kept 1 - 6/192 = 0.96875
     target = 0.96875 / 1.02
@@ -213,8 +213,11 @@ def test_selection_policy_on_synthetic_costs():
         chosen, reached = capture_within_budget(filter_only, six_gone, scores, fraction,
                                                 Budget(target=target, total_steps=10, tolerance=tolerance))
         assert reached and bool(chosen[0][0]) is takes
-    # 5 % above (outside the tolerance), the only candidate a filter: waits while training has
-    # steps left for cheaper units, crosses at the end
+    # 2 % or 5 % above, the only candidate a filter: waits while training has steps left for
+    # cheaper units; at the end, 5 % above (outside the tolerance) crosses
+    chosen, reached = capture_within_budget(filter_only, six_gone, scores, fraction,
+                                            Budget(target=target, total_steps=10), may_wait=True)
+    assert not reached and not chosen[0].any()
     target = 0.96875 / 1.05
     for may_wait, reached_now in ((True, False), (False, True)):
         chosen, reached = capture_within_budget(filter_only, six_gone, scores, fraction,
