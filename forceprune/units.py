@@ -24,6 +24,7 @@ import torch_pruning as tp
 from torch_pruning.pruner import function as tpf
 
 from .errors import ForcePruneError
+from .unit_sums import position_sums, unit_sums
 from .tracing import (OPAQUE_HANDLERS, OWN_SURGERY, find_output_layers, groupnorm_channels_per_unit,  # noqa: F401
                       shared_parameters, trace_graph)
 
@@ -88,6 +89,7 @@ class Slice:
     role: str
     kind: str  # "conv" | "linear" | "norm" | "prelu"
     group_rows: int = 0  # >0 only for grouped-conv consumers: output rows per group
+    order_cache: dict | None = field(default=None, repr=False, compare=False)  # see forceprune.unit_sums
 
     @property
     def param(self) -> torch.Tensor:
@@ -106,23 +108,9 @@ class Slice:
         return moved.index_select(0, self.index.to(t.device)).reshape(len(self.index), -1)
 
     def position_sums(self, power: int, powered: dict | None = None) -> torch.Tensor:
-        """Differentiable ``(n,)``: sum of ``|w|**power`` over each position's elements.
-
-        Reduces the whole parameter along every other axis first and then picks positions, so
-        no slice of the weight is ever copied; ``powered`` (one dict across the slices of a
-        penalty) shares ``|w|**power`` between the slices of a parameter (its rows for one unit
-        set, its columns for another): one elementwise op per parameter, one reduction per slice."""
-        t = self.param
-        if self.group_rows:
-            e = self.elements()
-            return e.abs().sum(1) if power == 1 else e.square().sum(1)
-        powered = {} if powered is None else powered
-        if (id(t), power) not in powered:
-            powered[(id(t), power)] = t.abs() if power == 1 else t.square()
-        v = powered[(id(t), power)]
-        dims = [d for d in range(t.dim()) if d != self.dim]
-        sums = v.sum(dim=dims) if dims else v
-        return sums.index_select(0, self.index.to(sums.device))
+        """Differentiable ``(n,)``: sum of ``|w|**power`` over each position's elements
+        (:func:`forceprune.unit_sums.position_sums`)."""
+        return position_sums(self, power, powered)
 
     def position_max_abs(self) -> torch.Tensor:
         """``(n,)`` largest absolute element of each position (no grad)."""
@@ -199,14 +187,9 @@ class UnitSet:
         return [s for s in self.slices if s.role in INCLUDE_ROLES[include]]
 
     def unit_sums(self, include: str, power: int, powered: dict | None = None) -> torch.Tensor:
-        """Differentiable ``(G,)``: sum over each unit's elements of ``|w|**power`` (``powered``:
-        see :meth:`Slice.position_sums`)."""
-        out = None
-        for s in self.select(include):
-            part = s.position_sums(power, powered)
-            acc = torch.zeros(self.size, dtype=part.dtype, device=part.device)
-            acc = acc.index_add(0, s.unit.to(part.device), part)
-            out = acc if out is None else out + acc
+        """Differentiable ``(G,)``: sum over each unit's elements of ``|w|**power``
+        (:func:`forceprune.unit_sums.unit_sums`; ``powered``: see :meth:`Slice.position_sums`)."""
+        out = unit_sums(self.select(include), self.size, power, powered)
         if out is None:
             raise ForcePruneError(f"unit set {self.name!r} has no slice of kind {include!r}")
         return out

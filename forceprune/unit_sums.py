@@ -1,0 +1,66 @@
+"""Per-unit sums of ``|w|**p``: the one differentiable quantity every force law is built on.
+
+The penalty asks for them at every training step, for every unit set, so they are computed with
+as few tensor operations as possible: one elementwise power per parameter (shared between the
+unit sets slicing it), one reduction per slice, and no gather or scatter where a slice covers its
+parameter's whole dimension in unit order (a plain conv filter or linear neuron: the common case).
+Which slices those are is found once per slice and kept on it (a removal builds new slices).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .units import Slice
+
+
+def _in_order(s: "Slice", size: int | None = None) -> bool:
+    """Whether the slice's positions are its parameter's whole ``dim`` in order (no
+    ``index_select``; ``size=None``), or position ``i`` belongs to unit ``i`` of ``size`` (no
+    ``index_add``). Found once per slice, parameter and question."""
+    key = (id(s.param), size)
+    cache = s.order_cache if s.order_cache is not None else {}
+    if key not in cache:
+        if size is None:
+            n = s.param.shape[s.dim]
+            cache[key] = not s.group_rows and len(s.index) == n and torch.equal(s.index.cpu(), torch.arange(n))
+        else:
+            cache[key] = len(s.unit) == size and torch.equal(s.unit.cpu(), torch.arange(size))
+        s.order_cache = cache
+    return cache[key]
+
+
+def position_sums(s: "Slice", power: int, powered: dict | None = None) -> torch.Tensor:
+    """Differentiable ``(n,)``: sum of ``|w|**power`` over each position's elements of slice ``s``.
+
+    Reduces the whole parameter along every other axis first and then picks positions, so no
+    slice of the weight is ever copied; ``powered`` (one dict across the slices of a penalty)
+    shares ``|w|**power`` between the slices of a parameter (its rows for one unit set, its
+    columns for another)."""
+    t = s.param
+    if s.group_rows:
+        e = s.elements()
+        return e.abs().sum(1) if power == 1 else e.square().sum(1)
+    powered = {} if powered is None else powered
+    if (id(t), power) not in powered:
+        powered[(id(t), power)] = t.abs() if power == 1 else t.square()
+    v = powered[(id(t), power)]
+    dims = [d for d in range(t.dim()) if d != s.dim]
+    sums = v.sum(dim=dims) if dims else v
+    if _in_order(s):
+        return sums
+    return sums.index_select(0, s.index.to(sums.device))
+
+
+def unit_sums(slices: list["Slice"], size: int, power: int, powered: dict | None = None) -> torch.Tensor | None:
+    """Differentiable ``(size,)``: per unit, the sum over ``slices`` of :func:`position_sums`
+    (None without slices)."""
+    out = None
+    for s in slices:
+        part = position_sums(s, power, powered)
+        if not _in_order(s, size):
+            part = torch.zeros(size, dtype=part.dtype, device=part.device).index_add(0, s.unit.to(part.device), part)
+        out = part if out is None else out + part
+    return out
