@@ -27,13 +27,16 @@ def machine(threads: int | None = None) -> str:
 
 
 def write_result(result: dict, out: Path, name: str, markdown: Callable[[dict], str],
-                 plot: Callable[[dict, Path], None]) -> None:
-    """``<name>.json`` (atomic), ``<name>.md`` and ``<name>.png`` under ``out``."""
+                 plot: Callable[[dict, Path], None] | None = None) -> str:
+    """``<name>.json`` (atomic), ``<name>.md`` and (with ``plot``) ``<name>.png`` under ``out``;
+    returns the markdown."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(result, out / f"{name}.json")
     text = markdown(result)
     atomic_write(out / f"{name}.md", lambda handle: handle.write(text.encode("utf-8")))
-    plot(result, out / f"{name}.png")
+    if plot is not None:
+        plot(result, out / f"{name}.png")
+    return text
 
 
 def step_overhead(model, pruner, task, steps: int = 20, prox: bool = False) -> float:

@@ -25,9 +25,8 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import machine, step_overhead
+from benchmarks.common import machine, step_overhead, write_result
 from benchmarks.vision import FORCE_METHODS
-from forceprune.checkpoint import atomic_write, write_json
 
 ROOT = Path(__file__).resolve().parent
 #: model -> (input shape, MACs target, training steps of its suite)
@@ -84,12 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
             for method in args.methods.split(",")]
     result = {"rows": rows, "steps": args.steps, "repeats": args.repeats, "machine": machine(args.threads),
               "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python -m benchmarks.overhead", *argv])}
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(result, out / "overhead.json")
-    text = markdown(result)
-    atomic_write(out / "overhead.md", lambda handle: handle.write(text.encode("utf-8")))
-    print(text)
+    print(write_result(result, Path(args.output_dir), "overhead", markdown))
     return result
 
 

@@ -8,15 +8,28 @@ Which slices those are is found once per slice and kept on it (a removal builds 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .units import Slice
+
+class Slice(Protocol):
+    """What these sums read of a :class:`forceprune.units.Slice` (kept here, so that this module
+    does not import ``units``, which imports it)."""
+
+    dim: int
+    index: torch.Tensor
+    unit: torch.Tensor
+    group_rows: int
+    order_cache: dict | None
+
+    @property
+    def param(self) -> torch.Tensor: ...
+
+    def elements(self, tensor: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
-def _in_order(s: "Slice", size: int | None = None) -> bool:
+def _in_order(s: Slice, size: int | None = None) -> bool:
     """Whether the slice's positions are its parameter's whole ``dim`` in order (no
     ``index_select``; ``size=None``), or position ``i`` belongs to unit ``i`` of ``size`` (no
     ``index_add``). Found once per slice, parameter and question."""
@@ -32,7 +45,7 @@ def _in_order(s: "Slice", size: int | None = None) -> bool:
     return cache[key]
 
 
-def position_sums(s: "Slice", power: int, powered: dict | None = None) -> torch.Tensor:
+def position_sums(s: Slice, power: int, powered: dict | None = None) -> torch.Tensor:
     """Differentiable ``(n,)``: sum of ``|w|**power`` over each position's elements of slice ``s``.
 
     Reduces the whole parameter along every other axis first and then picks positions, so no
@@ -54,7 +67,7 @@ def position_sums(s: "Slice", power: int, powered: dict | None = None) -> torch.
     return sums.index_select(0, s.index.to(sums.device))
 
 
-def unit_sums(slices: list["Slice"], size: int, power: int, powered: dict | None = None) -> torch.Tensor | None:
+def unit_sums(slices: list[Slice], size: int, power: int, powered: dict | None = None) -> torch.Tensor | None:
     """Differentiable ``(size,)``: per unit, the sum over ``slices`` of :func:`position_sums`
     (None without slices)."""
     out = None

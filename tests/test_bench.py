@@ -160,3 +160,16 @@ def test_step_overhead_keeps_the_force_active_through_a_met_budget():
     assert len(scales) == 6 and min(scales) > 0, f"the force was off during the measurement: {scales}"
     assert pruner.controller.reached and pruner.steps == 40, "the pruner's state is restored"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_overhead_benchmark_writes_its_table(tmp_path):
+    import json
+
+    from benchmarks import overhead
+
+    result = overhead.main(["--steps", "2", "--repeats", "1", "--models", "lenet5", "--methods", "etp",
+                            "--output-dir", str(tmp_path)])
+    (row,) = result["rows"]
+    assert row["model"] == "lenet5" and row["unit_sets"] == 3 and row["step_ms"] > 0
+    assert json.loads((tmp_path / "overhead.json").read_text())["rows"][0]["method"] == "etp"
+    assert "| lenet5 | etp | 3 |" in (tmp_path / "overhead.md").read_text()
