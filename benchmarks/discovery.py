@@ -23,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import machine
-from forceprune.checkpoint import atomic_write, write_json
+from benchmarks.common import machine, write_result
 
 ROOT = Path(__file__).resolve().parent
 
@@ -153,11 +152,7 @@ def main(argv=None) -> dict:
     result = {"machine": machine(args.threads), "date": time.strftime("%Y-%m-%d"), "repeats": args.repeats,
               "command": " ".join(["python -m benchmarks.discovery", *(argv if argv is not None else sys.argv[1:])]),
               "rows": rows, "torch_pruning": time_torch_pruning(args.tp_timeout)}
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(result, args.output_dir / "discovery.json")
-    text = markdown(result)
-    atomic_write(args.output_dir / "discovery.md", lambda handle: handle.write(text.encode("utf-8")))
-    print(text)
+    print(write_result(result, Path(args.output_dir), "discovery", markdown))
     return result
 
 

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from forceprune.checkpoint import atomic_write, write_json
+from benchmarks.common import write_result
 
 #: Strengths are set per law so that each zeroes a comparable share of units (gravity's L1 masses
 #: make it ~10x stronger than the L2 laws at equal beta); readings of one law share their beta.
@@ -102,11 +102,7 @@ def main(argv=None) -> int:
     for name, (force, options) in READINGS.items():
         rows.append(run(name, force, options, args))
         print(f"{name}: {[(k, v['zero'], v['tail']) for k, v in rows[-1]['layers'].items()]}", flush=True)
-    out = Path(args.output_dir)
-    write_json(rows, out / "force_readings.json")
-    text = markdown(rows, args)
-    atomic_write(out / "force_readings.md", lambda handle: handle.write(text.encode("utf-8")))
-    print(markdown(rows, args))
+    print(write_result(rows, Path(args.output_dir), "force_readings", lambda r: markdown(r, args)))
     return 0
 
 

@@ -49,6 +49,7 @@ def main(argv=None) -> dict:
         finetune_epochs=args.finetune_epochs, beta=args.beta, lr=args.lr, threads=args.threads, workers=args.workers,
         extra_seeds=tuple(int(v) for v in args.extra_seeds.split(",") if v.strip()),
         data_dir=args.data_dir, model=args.model, smoke=args.smoke, output_dir=out,
+        command=" ".join(["python benchmarks/sst2.py", *(sys.argv[1:] if argv is None else argv)]),
     )
 
 

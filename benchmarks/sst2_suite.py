@@ -90,12 +90,14 @@ def run_suite(
     work_dir: str | Path | None = None,
     config: dict | None = None,
     progress: bool = True,
+    command: str | None = None,
 ) -> dict:
     """Run the suite; writes ``sst2.json``, ``sst2.md`` and ``sst2.png`` (``sst2_smoke.*`` with
     ``smoke``) under ``output_dir`` (default ``benchmarks/results``), each run's directory under
     ``work_dir`` (default ``runs/bench_sst2``), and returns the result. ETP runs at ``seeds`` at
     every level and also at ``extra_seeds`` at level ``seeds_at``; ``config`` overrides keys of
-    every run's config (e.g. ``batch_size``)."""
+    every run's config (e.g. ``batch_size``); ``command`` is what the result records as the command
+    that made it (default ``forceprune bench sst2``)."""
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ForcePruneError(f"unknown sst2 methods {unknown}; available: {', '.join(METHODS)}.")
@@ -155,7 +157,7 @@ def run_suite(
     result = {
         "benchmark": "MiniLM-L6 / SST-2: accuracy against encoder MACs, same data, steps and teacher for every method",
         "smoke": smoke,
-        "command": "forceprune bench sst2" + (" --smoke" if smoke else ""),
+        "command": command or "forceprune bench sst2" + (" --smoke" if smoke else ""),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": machine(threads) + f", {workers} run(s) at a time",
         "budget": {"train_subset": common["train_subset"] or "all (67,349)", "dense_epochs": dense_epochs,

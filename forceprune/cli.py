@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = command("bench", "Run a benchmark suite (benchmarks/ in the source checkout).",
                     "example:\n  forceprune bench quick --output-dir benchmarks/results")
     bench.add_argument("suite", metavar="SUITE",
-                       help="benchmark suite: quick, headline, fmnist, cifar, cifar_levels, cifar_start, cifar_speed, "
+                       help="benchmark suite: quick, headline, headline_reach, fmnist, cifar, cifar_levels, cifar_start, cifar_speed, "
                             "beta_sweep, sst2, llm, smoke; "
                             "for a GPU: cifar_resnet56, cifar_vgg19 (see benchmarks/vision.py)")
     _add_data_dir(bench)

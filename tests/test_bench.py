@@ -48,6 +48,16 @@ def test_a_rounded_point_asks_the_budget_for_it():
     assert _config(SUITES["cifar_speed"], "etp", 0.3, 0, None).budget == {}
 
 
+def test_a_suite_budget_reaches_every_force_point_and_merges_with_rounding():
+    from dataclasses import replace
+
+    from benchmarks.vision import SUITES, _config
+
+    spec = SUITES["headline_reach"]
+    assert _config(spec, "etp", 0.05, 0, None).budget == {"reach": 0.5}
+    assert _config(replace(spec, round_tos=(8,)), "etp", 0.05, 0, None, round_to=8).budget == {"reach": 0.5, "round_to": 8}
+
+
 def test_unknown_suite_names_the_available_ones():
     with pytest.raises(ValueError, match="available: quick"):
         bench.main("nope")
