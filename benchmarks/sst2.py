@@ -38,6 +38,8 @@ def main(argv=None) -> dict:
                     help="torch threads for training (1: on a shared 2-core machine ~10x faster than 2, no OpenMP spinning)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--model", default="minilm-l6")
+    ap.add_argument("--dense-from", default=None,
+                    help="reuse the dense runs (teachers, dense rows) of an earlier run's work directory, e.g. runs/bench_sst2")
     ap.add_argument("--out", default=None, help="default: benchmarks/results (smoke: runs/bench_sst2_smoke)")
     args = ap.parse_args(argv)
     root = Path(__file__).resolve().parents[1]
@@ -49,7 +51,7 @@ def main(argv=None) -> dict:
         finetune_epochs=args.finetune_epochs, beta=args.beta, lr=args.lr, threads=args.threads, workers=args.workers,
         extra_seeds=tuple(int(v) for v in args.extra_seeds.split(",") if v.strip()),
         data_dir=args.data_dir, model=args.model, smoke=args.smoke, output_dir=out,
-        command=" ".join(["python benchmarks/sst2.py", *(sys.argv[1:] if argv is None else argv)]),
+        dense_from=args.dense_from, command=" ".join(["python benchmarks/sst2.py", *(sys.argv[1:] if argv is None else argv)]),
     )
 
 

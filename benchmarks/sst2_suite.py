@@ -42,8 +42,8 @@ from forceprune.errors import ForcePruneError
 
 from .common import fmt_cell, machine, write_result
 
-METHODS = ("dense", "etp", "torque", "group_norm", "fisher")
-FORCE = {"etp": "etp", "torque": "torque", "group_norm": GROUP_NORM, "fisher": FISHER}
+METHODS = ("dense", "etp", "etp_fisher", "torque", "group_norm", "fisher")
+FORCE = {"etp": "etp", "etp_fisher": "etp", "torque": "torque", "group_norm": GROUP_NORM, "fisher": FISHER}
 
 
 def _widths(report: dict) -> dict:
@@ -91,13 +91,15 @@ def run_suite(
     config: dict | None = None,
     progress: bool = True,
     command: str | None = None,
+    dense_from: str | Path | None = None,
 ) -> dict:
     """Run the suite; writes ``sst2.json``, ``sst2.md`` and ``sst2.png`` (``sst2_smoke.*`` with
     ``smoke``) under ``output_dir`` (default ``benchmarks/results``), each run's directory under
     ``work_dir`` (default ``runs/bench_sst2``), and returns the result. ETP runs at ``seeds`` at
     every level and also at ``extra_seeds`` at level ``seeds_at``; ``config`` overrides keys of
     every run's config (e.g. ``batch_size``); ``command`` is what the result records as the command
-    that made it (default ``forceprune bench sst2``)."""
+    that made it (default ``forceprune bench sst2``); ``dense_from``: an earlier run's
+    ``work_dir`` whose dense runs (teachers, dense rows) are reused instead of trained again."""
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ForcePruneError(f"unknown sst2 methods {unknown}; available: {', '.join(METHODS)}.")
@@ -142,11 +144,18 @@ def run_suite(
             points.append({"method": m, "level": lv, "seed": s, "report": r})
         return reports
 
-    batch([("dense", 1.0, s, {}) for s in all_seeds], None)
-    dense = {s: str(work / f"dense_1_seed{s}" / "checkpoints" / "dense.pt") for s in all_seeds}
+    dense_dir = Path(dense_from) if dense_from else work
+    if dense_from:
+        points.extend(_reused_dense(dense_dir, all_seeds))
+    else:
+        batch([("dense", 1.0, s, {}) for s in all_seeds], None)
+    dense = {s: str(dense_dir / f"dense_1_seed{s}" / "checkpoints" / "dense.pt") for s in all_seeds}
+    matched_methods = {"torque", "group_norm"} & set(methods)
     etp_jobs = [("etp", lv, s, {"target_macs": lv, "spare_keepers": True, "force_options": force_opts})
-                for lv in levels for s in (seeds if lv != seeds_at else all_seeds)]
+                for lv in levels for s in (seeds if lv != seeds_at else all_seeds)] if "etp" in methods or matched_methods else []
+    planned = {"spare_keepers": True, "importance": "fisher", "force_options": force_opts}
     fisher_jobs = [("fisher", lv, seeds[0], {"target_macs": lv}) for lv in levels] if "fisher" in methods else []
+    fisher_jobs += [("etp_fisher", lv, seeds[0], dict(planned, target_macs=lv)) for lv in levels] if "etp_fisher" in methods else []
     etp = batch(etp_jobs + fisher_jobs, dense)
     widths = {lv: _widths(r) for (_, lv, s, _), r in zip(etp_jobs, etp) if s == seeds[0]}
     matched = [("torque", lv, seeds[0], {"widths": widths[lv], "force_options": force_opts}) for lv in levels if "torque" in methods]
@@ -172,6 +181,20 @@ def run_suite(
     if progress:
         print("\n" + markdown(result))
     return result
+
+
+def _reused_dense(work: Path, seeds: tuple[int, ...]) -> list[dict]:
+    """The dense points of an earlier run of the suite (its ``work_dir``), one per seed."""
+    import json
+
+    points = []
+    for s in seeds:
+        path = work / f"dense_1_seed{s}" / "report.json"
+        if not path.is_file() or not (work / f"dense_1_seed{s}" / "checkpoints" / "dense.pt").is_file():
+            raise ForcePruneError(f"dense_from: {path.parent} has no finished dense run of seed {s}; "
+                                  "run the suite once without dense_from first.")
+        points.append({"method": "dense", "level": 1.0, "seed": s, "report": json.loads(path.read_text())})
+    return points
 
 
 def _summary(report: dict) -> dict:

@@ -275,38 +275,11 @@ class FisherSearch(_NoForce):
 
     def removal_masks(self) -> list[torch.Tensor]:
         """Per unit set, the ``(G,)`` removal mask of the search (the model is not changed)."""
-        from .fisher_search import fisher_information, rearrange, search
-        from .preview import counts_if_removed
-        from .scoring import unit_costs
+        from .fisher_search import removal_masks
 
         self.graph, self.unit_sets = self._unit_sets()  # training replaced no parameter, but be safe
-        fisher = fisher_information(self.model, self.unit_sets, self.calibration, self.loss_of, self.max_batches)
-        importance = [torch.diagonal(f) for f in fisher]
-        costs = unit_costs(self.model, self.unit_sets, self.example_inputs)
-        kinds = [us.kind for us in self.unit_sets]
-
-        def prefix_masks(kept: list[int]) -> list[torch.Tensor]:
-            masks = []
-            for imp, k in zip(importance, kept):
-                rem = torch.ones(len(imp), dtype=torch.bool)
-                rem[torch.argsort(imp, descending=True, stable=True)[:k]] = False
-                masks.append(rem)
-            return masks
-
-        def fits(budget: float) -> tuple[bool, list[int]]:
-            kept = search(importance, costs, kinds, budget)
-            macs = counts_if_removed(self.model, self.unit_sets, self.example_inputs, prefix_masks(kept))[0]
-            return macs <= self.target_macs * self.macs_dense, kept
-
-        # the search's costs leave out attention's matrix products, so bisect its budget on the
-        # exact MACs of the pruned model (how many units each set keeps fixes them)
-        lo, hi = 0.0, float(self.macs_dense)
-        best = search(importance, costs, kinds, 0.0)
-        for _ in range(20):
-            mid = (lo + hi) / 2
-            ok, kept = fits(mid)
-            lo, hi, best = (mid, hi, kept) if ok else (lo, mid, best)
-        return [rearrange(f, k) for f, k in zip(fisher, best)]
+        return removal_masks(self.model, self.unit_sets, self.example_inputs, self.target_macs, self.calibration,
+                             self.loss_of, self.max_batches)
 
     def prune(self, widths=None, tolerance: float = 0.0, calibration_inputs=None) -> PruneReport:
         """Search, rearrange and remove; the report measures the output change (not lossless)."""

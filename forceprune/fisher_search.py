@@ -65,6 +65,44 @@ def fisher_information(model: nn.Module, unit_sets: list[UnitSet], batches: Iter
     return fisher
 
 
+def removal_masks(model: nn.Module, unit_sets: list[UnitSet], example_inputs, target_macs: float, batches: Iterable,
+                  loss_of: Callable, max_batches: int) -> list[torch.Tensor]:
+    """Per unit set, the ``(G,)`` bool mask of the units to remove for the model to keep
+    ``target_macs`` of its MACs (per sample of ``example_inputs``): Fisher information on up to
+    ``max_batches`` calibration batches, the mask search, then the rearrangement. The search's
+    unit costs leave out attention's matrix products, so its budget is bisected on the exact
+    MACs of the pruned model (how many units each set keeps fixes them). The model is unchanged."""
+    from .metrics import count_macs_params
+    from .preview import counts_if_removed
+    from .scoring import unit_costs
+
+    fisher = fisher_information(model, unit_sets, batches, loss_of, max_batches)
+    importance = [torch.diagonal(f) for f in fisher]
+    costs = unit_costs(model, unit_sets, example_inputs)
+    kinds = [us.kind for us in unit_sets]
+    dense = count_macs_params(model, example_inputs)[0]
+
+    def fits(budget: float) -> tuple[bool, list[int]]:
+        kept = search(importance, costs, kinds, budget)
+        masks = [_prefix(imp, k) for imp, k in zip(importance, kept)]
+        return counts_if_removed(model, unit_sets, example_inputs, masks)[0] <= target_macs * dense, kept
+
+    lo, hi = 0.0, float(dense)
+    best = search(importance, costs, kinds, 0.0)
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        ok, kept = fits(mid)
+        lo, hi, best = (mid, hi, kept) if ok else (lo, mid, best)
+    return [rearrange(f, k) for f, k in zip(fisher, best)]
+
+
+def _prefix(importance: torch.Tensor, keep: int) -> torch.Tensor:
+    """``(G,)`` removal mask keeping the ``keep`` most important units."""
+    removed = torch.ones(len(importance), dtype=torch.bool)
+    removed[torch.argsort(importance, descending=True, stable=True)[:keep]] = False
+    return removed
+
+
 def search(importance: list[torch.Tensor], costs: list[float], kinds: list[str], budget: float) -> list[int]:
     """Units kept per set (a prefix by importance) maximising the kept importance with total
     cost ``<= budget``; ``costs[k]`` is the cost of one unit of set ``k`` (every set keeps one unit)."""

@@ -31,7 +31,8 @@ from .latency import latency_budget
 from .metrics import count_macs_params
 from .preview import counts_if_removed, pruned_copy
 from .proximal import proximal_force_step
-from .pruner_checks import check_finite, check_finite_penalty, check_materialised, check_modules, check_options
+from .pruner_checks import (check_finite, check_finite_penalty, check_materialised, check_modules, check_options,
+                            check_pushed, check_reachable, checked_state, raise_no_units)
 from .removal import keep_one, plan_removal, remove, removable_units
 from .scoring import cost_weights, force_field, prox_bounds, rate_known, scores, signs, step_shrink, unit_costs
 from .report import PruneReport
@@ -131,6 +132,7 @@ class ForcePruner:
         self._proximal = False
         self.spare_keepers = bool(spare_keepers)
         self._force_masks: list[torch.Tensor] | None = None  # with spare_keepers: 1 = pushed, 0 = spared
+        self._pushed: list[torch.Tensor] | None = None  # set by set_pushed_units()
         self._input_norms: InputNorms | None = None  # set by calibrate(): activation-aware scores
         self._importance_at: tuple[int, list] | None = None  # (step, per-set importance) cache
         self._calls = 0
@@ -152,11 +154,7 @@ class ForcePruner:
                                                 ignore_output_layers=self.ignore_output_layers)
         self.unit_sets = [us for us in unit_sets if self.kinds is None or us.kind in self.kinds]
         if not self.unit_sets and not allow_empty:
-            raise ForcePruneError(
-                "the model has no prunable unit: every conv/linear layer is ignored, is an output layer, or is "
-                f"coupled to a LayerNorm/embedding{'' if self.kinds is None else f', or of a kind not in kinds={self.kinds}'}. "
-                "Check ignored_layers, or pass ignore_output_layers=False; for attention that was reported unmapped, "
-                "register its layout (forceprune.attention.register_attention_layout).")
+            raise_no_units(self.kinds)
         for us in self.unit_sets:
             if us.name in old and len(old[us.name]) == us.size:
                 us.dead = old[us.name].clone()
@@ -182,11 +180,7 @@ class ForcePruner:
             metric, target, self.latency_model = latency_budget(self.model, self.unit_sets, self._inputs(), target)
         budget = Budget(target=target, metric=metric, total_steps=total_steps or 0, **(options or {}))
         floor = self.kept_fraction(self._preview(smallest([us.size for us in self.unit_sets], budget)), budget.metric)
-        if floor > budget.target:
-            raise ForcePruneError(
-                f"target_{metric}={asked} cannot be met: the smallest model that keeps min_width={budget.min_width} "
-                f"unit(s) per unit set, widths a multiple of round_to={budget.round_to}, has {floor:.3f} of the dense "
-                f"{metric}. Raise the target, lower min_width or round_to, or prune more layers (check ignored_layers).")
+        check_reachable(floor, budget, metric, asked)
         if (message := budget.short_schedule()) is not None:
             warnings.warn(message, stacklevel=3)
         return BudgetController.for_capture(budget, self.capture_mode)
@@ -239,8 +233,7 @@ class ForcePruner:
                             self._importance())
 
     def step(self) -> None:
-        """Call after every ``optimizer.step()``: re-zero captured units; capture new ones
-        every ``capture_every`` calls."""
+        """Call after every ``optimizer.step()``: re-zero captured units; capture every ``capture_every``."""
         self.steps += 1
         self._check_modules()
         enforce_zeros(self._masks, self.optimizer)
@@ -262,6 +255,14 @@ class ForcePruner:
         measured layer reads keep weight norms; a removal ends it (the widths change)."""
         self._input_norms = input_norms(self.model, self.unit_sets, batches, run_batch, max_batches)
         self._importance_at = None
+
+    def set_pushed_units(self, remove: list[torch.Tensor]) -> None:
+        """Fix the units the force pushes (``spare_keepers``): per unit set a ``(G,)`` bool mask of
+        the units to remove (e.g. :func:`forceprune.fisher_search.removal_masks`) instead of the
+        weakest re-chosen at every controller update; the controller zeroes them by ``reach``."""
+        check_pushed(remove, [us.size for us in self.unit_sets], self.spare_keepers and self.controller is not None
+                     and self.controller.budget.metric != "latency")
+        self._pushed = [r.detach().cpu().bool().clone() for r in remove]
 
     def unit_scores(self) -> list[torch.Tensor]:
         """``(G,)`` force-weighted importance per unit set (:func:`~forceprune.scoring.scores`),
@@ -296,7 +297,8 @@ class ForcePruner:
             return None
         costs, dense = self._costs()
         dead = [us.dead for us in self.unit_sets]
-        go = must_go(self.unit_scores(), costs, dense, budget.target, dead, budget.min_width, budget.round_to)
+        go = ([p | d for p, d in zip(self._pushed, dead)] if self._pushed is not None else
+              must_go(self.unit_scores(), costs, dense, budget.target, dead, budget.min_width, budget.round_to))
         if self.spare_keepers:
             self._force_masks = [g.float() for g in go]
         rates = step_shrink(self.force, self.unit_sets, self._set_weights, self.optimizer, self._proximal,
@@ -422,13 +424,15 @@ class ForcePruner:
             us.dead = torch.zeros(0, dtype=torch.bool)  # stale after surgery; _rebuild() resets
         self._rebuild(allow_empty=True)
         self._summary_cache = self._counts_now = self._unit_costs = None  # costs of the old widths
-        self._force_masks = self._input_norms = self._importance_at = None  # per-unit state of the old widths
+        self._force_masks = self._input_norms = self._importance_at = self._pushed = None  # state of the old widths
         return report
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Captured masks and the step counter (tensors and plain types: safe for weights_only)."""
         state = {"steps": self.steps, "dead": {us.name: us.dead.clone() for us in self.unit_sets}}
+        if self._pushed is not None:
+            state["pushed"] = {us.name: p.clone() for us, p in zip(self.unit_sets, self._pushed)}
         if self.controller is not None:
             state["controller"] = self.controller.state_dict()
         return state
@@ -439,12 +443,8 @@ class ForcePruner:
             self.controller.load_state_dict(state["controller"])
         for us in self.unit_sets:
             if us.name in state["dead"]:
-                dead = state["dead"][us.name]
-                if len(dead) != us.size:
-                    raise ForcePruneError(
-                        f"state for unit set {us.name!r} has {len(dead)} units but the model has {us.size}; "
-                        "load it into the same (unpruned) model it was saved from."
-                    )
-                us.dead = dead.clone().bool()
+                us.dead = checked_state(us.name, state["dead"][us.name], us.size).clone().bool()
+        if "pushed" in state:
+            self.set_pushed_units([state["pushed"][us.name] for us in self.unit_sets])
         self._masks = build_masks(self.unit_sets, self.force.include)
         enforce_zeros(self._masks, self.optimizer)

@@ -70,3 +70,37 @@ def check_finite_penalty(total: torch.Tensor) -> None:
     if not torch.isfinite(total):
         raise NonFiniteError("the force penalty is NaN/Inf: the weights have diverged. Lower the learning rate or beta, "
                              "or check the inputs for NaN.")
+
+
+def raise_no_units(kinds) -> None:
+    raise ForcePruneError(
+        "the model has no prunable unit: every conv/linear layer is ignored, is an output layer, or is "
+        f"coupled to a LayerNorm/embedding{'' if kinds is None else f', or of a kind not in kinds={kinds}'}. "
+        "Check ignored_layers, or pass ignore_output_layers=False; for attention that was reported unmapped, "
+        "register its layout (forceprune.attention.register_attention_layout).")
+
+
+def check_reachable(floor: float, budget, metric: str, asked: float) -> None:
+    """``floor``: the kept fraction of the smallest model the budget allows."""
+    if floor > budget.target:
+        raise ForcePruneError(
+            f"target_{metric}={asked} cannot be met: the smallest model that keeps min_width={budget.min_width} "
+            f"unit(s) per unit set, widths a multiple of round_to={budget.round_to}, has {floor:.3f} of the dense "
+            f"{metric}. Raise the target, lower min_width or round_to, or prune more layers (check ignored_layers).")
+
+
+def check_pushed(remove, sizes: list[int], planned: bool) -> None:
+    """``planned``: the pruner has a MACs or params target and ``spare_keepers``."""
+    if not planned:
+        raise ForcePruneError("set_pushed_units() needs target_macs or target_params and spare_keepers=True.")
+    if [len(r) for r in remove] != sizes:
+        raise ForcePruneError(f"set_pushed_units() needs one (G,) mask per unit set, of sizes {sizes}; "
+                              f"got sizes {[len(r) for r in remove]}.")
+
+
+def checked_state(name: str, dead: torch.Tensor, size: int) -> torch.Tensor:
+    """A saved unit set's ``(G,)`` mask, checked against the model's unit set of ``size`` units."""
+    if len(dead) != size:
+        raise ForcePruneError(f"state for unit set {name!r} has {len(dead)} units but the model has {size}; "
+                              "load it into the same (unpruned) model it was saved from.")
+    return dead

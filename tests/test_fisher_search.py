@@ -65,3 +65,48 @@ def test_a_tiny_bert_is_pruned_to_its_macs_target_without_training(tmp_path):
     assert report.macs_after <= 0.6 * report.macs_before and report.macs_after > 0.45 * report.macs_before
     assert report.mode == "fisher-search" and report.max_output_error is not None
     assert all(r["width_after"] >= 1 for r in report.layers)
+
+
+def _tiny_bert():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
+                                                     num_attention_heads=4, intermediate_size=37, num_labels=2)).eval()
+    batches = [{"input_ids": torch.randint(0, 50, (4, 12)), "labels": torch.randint(0, 2, (4,))} for _ in range(4)]
+    return model, {"input_ids": torch.randint(0, 50, (1, 12))}, batches
+
+
+def test_the_force_zeroes_exactly_the_units_the_fisher_search_chose_and_removes_them_losslessly():
+    """importance = "fisher": the search fixes which units go (different numbers per layer); the
+    force alone (learning rate 0) zeroes those and only those, and removal is exact."""
+    pytest.importorskip("transformers")
+    from forceprune.fisher_search import removal_masks
+
+    model, example, batches = _tiny_bert()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pruner = fp.ForcePruner(model, example, "etp", beta=1e-2, pivot="ranked", target_macs=0.6, total_steps=200,
+                            optimizer=opt, spare_keepers=True, kinds=("head", "neuron"))
+    chosen = removal_masks(model, pruner.unit_sets, example, 0.6, batches, lambda m, b: m(**b).loss, 4)
+    pruner.set_pushed_units(chosen)
+    for _ in range(200):
+        pruner.proximal_step(lr=0.05)
+        pruner.step()
+    for us, go in zip(pruner.unit_sets, chosen):
+        assert torch.equal(us.dead, go), us.name
+    report = pruner.prune()
+    assert report.max_output_error < 1e-5
+    assert report.macs_after <= 0.6 * report.macs_before * 1.03
+    assert [r["width_after"] for r in report.layers] == [int((~go).sum()) for go in chosen]
+
+
+def test_pushed_units_need_a_planned_budget_and_one_mask_per_unit_set():
+    pytest.importorskip("transformers")
+    model, example, _ = _tiny_bert()
+    plain = fp.ForcePruner(model, example, "etp", target_macs=0.6, total_steps=100, kinds=("head", "neuron"))
+    with pytest.raises(fp.ForcePruneError, match="spare_keepers=True"):
+        plain.set_pushed_units([torch.zeros(us.size, dtype=torch.bool) for us in plain.unit_sets])
+    spared = fp.ForcePruner(model, example, "etp", target_macs=0.6, total_steps=100, kinds=("head", "neuron"),
+                            spare_keepers=True)
+    with pytest.raises(fp.ForcePruneError, match="one"):
+        spared.set_pushed_units([torch.zeros(3, dtype=torch.bool)])

@@ -212,6 +212,14 @@ def test_text_targets_need_a_force_and_exclude_widths():
         text_config({"target_macs": 0.5, "widths": {"a": 1}})
 
 
+@pytest.mark.parametrize("data", [{}, {"target_macs": 0.5}, {"target_macs": 0.5, "spare_keepers": True, "force": "none"}])
+def test_fisher_importance_needs_a_force_a_macs_target_and_spare_keepers(data):
+    with pytest.raises(ForcePruneError, match='importance = "fisher" .* spare_keepers = true'):
+        text_config({"importance": "fisher", **data})
+    if data.get("force") is None and data:
+        text_config({"importance": "fisher", "spare_keepers": True, **data})  # complete: accepted
+
+
 def test_sst2_benchmark_suite_in_miniature(tmp_path):
     """The sst2 suite's harness (a dense teacher per seed that every method starts from, ETP at a
     target, torque and group norm cut to ETP's widths, the Fisher search at the same target, all
@@ -227,7 +235,8 @@ def test_sst2_benchmark_suite_in_miniature(tmp_path):
         config={"batch_size": 8, "warmup_ratio": 0.0, "macs_seq_len": 16, "latency_batch": 2, "latency_repeats": 1},
     )
     rows = {(p["method"], p["seed"]): p for p in result["points"]}
-    assert set(rows) == {("dense", 0), ("dense", 1), ("etp", 0), ("etp", 1), ("torque", 0), ("group_norm", 0), ("fisher", 0)}
+    assert set(rows) == {("dense", 0), ("dense", 1), ("etp", 0), ("etp", 1), ("etp_fisher", 0), ("torque", 0),
+                         ("group_norm", 0), ("fisher", 0)}
     assert rows[("etp", 0)]["reached_vs_target"] == pytest.approx(1.0, abs=0.03)
     assert rows[("etp", 0)]["acc_dense_teacher"] == rows[("dense", 0)]["acc_dense_teacher"], "every method starts from the teacher"
     assert (rows[("torque", 0)]["encoder_macs_after"] == rows[("etp", 0)]["encoder_macs_after"]
@@ -238,6 +247,18 @@ def test_sst2_benchmark_suite_in_miniature(tmp_path):
     assert etp["seeds"] == [0, 1] and etp["acc_dev_std"] is not None
     assert (tmp_path / "out" / "sst2.png").stat().st_size > 0
     assert "| 0.5 | etp | 0,1 |" in (tmp_path / "out" / "sst2.md").read_text()
+    planned = rows[("etp_fisher", 0)]  # the force on the units the Fisher search chose: removal still exact
+    assert planned["max_output_error"] < 1e-4 and planned["reached_vs_target"] == pytest.approx(1.0, abs=0.03)
+    assert planned["acc_dev_after_removal"] == planned["acc_dev_before_removal"]
+
+    again = run_suite(  # one more method on the same teachers: the dense runs are reused, not retrained
+        (0.5,), ("etp_fisher",), model=str(model_dir), data_dir=str(tmp_path), seeds=(0,), extra_seeds=(), epochs=4,
+        finetune_epochs=0.5, beta=0.05, lr=2e-2, threads=0, workers=1, output_dir=tmp_path / "out2",
+        work_dir=tmp_path / "work2", dense_from=tmp_path / "work", progress=False,
+        config={"batch_size": 8, "warmup_ratio": 0.0, "macs_seq_len": 16, "latency_batch": 2, "latency_repeats": 1},
+    )
+    assert [(p["method"], p["seed"]) for p in again["points"]] == [("dense", 0), ("etp_fisher", 0)]
+    assert again["points"][0] == rows[("dense", 0)] and not (tmp_path / "work2" / "dense_1_seed0").exists()
 
 
 def test_dense_run(tmp_path):

@@ -85,7 +85,7 @@ class RunConfig:
     target_params: float | None = option(None, "Keep this fraction of the dense model's parameters (budget controller); unset = none.")
     target_latency_ms: float | None = option(None, "Reach this latency (ms per forward pass of the example inputs) on this machine; unset = none.")
     spare_keepers: bool = option(False, "With a target: push only the units it needs gone (the weakest by force-weighted score, re-chosen at every controller update); the units that will be kept feel no force.")
-    importance: Literal["magnitude", "activation"] = option("magnitude", 'What ranks the units the force pushes and removal takes first: "magnitude" (force-weighted weight norm) or "activation" (Wanda\'s |W| x ||X||, input norms measured once on 128 training samples before the force phase: what a pretrained language model needs).')
+    importance: Literal["magnitude", "activation", "fisher"] = option("magnitude", 'What ranks the units the force pushes and removal takes first: "magnitude" (force-weighted weight norm), "activation" (Wanda\'s |W| x ||X||, input norms measured once on 128 training samples before the force phase: what a pretrained language model needs) or "fisher" (with target_macs and spare_keepers: the units to push are fixed once before the force phase by the Fisher mask search on 2,048 training samples, Kwon et al. 2022; the layers then lose different numbers of units).')
     budget: dict = option({}, "Budget controller options: warmup, reach (fraction of training by which the target is met, default 0.7), every, gain, min_width, round_to, tolerance.")
     widths: dict | None = option(None, "Cut to these widths instead of removing zeros: {unit set name = units kept}; unset = lossless removal of exact zeros.")
     data_dir: str | None = option(None, "Dataset root directory; unset = $FORCEPRUNE_DATA, then ../shared/data beside the checkout, then ~/.cache/forceprune/data.")
@@ -132,6 +132,9 @@ class RunConfig:
              f"force {FISHER!r} searches for a MACs target: set target_macs, e.g. target_macs = 0.5")
         need(force not in (GROUP_NORM, WANDA) or bool(self.widths),
              f"force {force!r} prunes to given per-layer widths: set widths = {{unit set name = units kept}}")
+        need(self.importance != "fisher" or self.target_macs is not None and self.spare_keepers and self.is_force,
+             'importance = "fisher" fixes the units a force pushes to a MACs target: set a force, target_macs '
+             "(e.g. 0.5) and spare_keepers = true")
         need(not (targets and self.widths), f"give either {targets[0] if targets else 'a target'} or widths, not both")
         need(self.widths is None or all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in self.widths.values()),
              "widths must map unit set names to whole numbers of units >= 1, e.g. widths = { fc1 = 8 }")

@@ -92,7 +92,7 @@ def build_method(task, model: nn.Module, total_steps: int, calibrate: bool = Tru
                        max_batches=_calibration_batches(c), **options)
     if c.force == FISHER:  # Kwon et al. use 2,048 calibration samples
         return FisherSearch(model, task.example_inputs, c.target_macs, task.train_batches, lambda m, b: task.objective(m, b)[0],
-                            max_batches=-(-2048 // c.batch_size), **options)
+                            max_batches=_fisher_batches(c), **options)
     targets = task.targets(model) if hasattr(task, "targets") else {}
     targets = targets or {k: getattr(c, k) for k in TARGET_KEYS if getattr(c, k) is not None}
     budget = {"total_steps": total_steps, "budget": dict(c.budget)} if targets else {}
@@ -106,10 +106,22 @@ def build_method(task, model: nn.Module, total_steps: int, calibrate: bool = Tru
 
 def calibrate_method(task, pruner) -> None:
     """With ``importance = "activation"``, measure the input norms that rank the pruner's units,
-    on 128 training samples (as Wanda calibrates) of the model as it is now."""
+    on 128 training samples (as Wanda calibrates) of the model as it is now; with ``"fisher"``,
+    fix the units the force pushes by the Fisher mask search to ``target_macs`` on 2,048."""
+    from ..fisher_search import removal_masks
+
     c = task.config
     if c.importance == "activation":
         pruner.calibrate(task.train_batches, lambda m, b: task.objective(m, b), max_batches=_calibration_batches(c))
+    elif c.importance == "fisher":
+        pruner.set_pushed_units(removal_masks(pruner.model, pruner.unit_sets, task.example_inputs, c.target_macs,
+                                              task.train_batches, lambda m, b: task.objective(m, b)[0],
+                                              _fisher_batches(c)))
+
+
+def _fisher_batches(c) -> int:
+    """Training batches holding 2,048 samples, what Kwon et al. calibrate the Fisher search on."""
+    return -(-2048 // c.batch_size)
 
 
 def _calibration_batches(c) -> int:
