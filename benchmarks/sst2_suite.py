@@ -30,6 +30,7 @@ pruned vs its own unpruned copy side by side.
 from __future__ import annotations
 
 import datetime
+import json
 import shutil
 import statistics
 import time
@@ -50,15 +51,18 @@ def _widths(report: dict) -> dict:
     return {r["name"]: r["width_after"] for r in report["layers"]}
 
 
-def _one(config: dict, dense_checkpoint: str | None, progress: bool) -> dict:
+def _one(config: dict, dense_checkpoint: str | None, progress: bool, reuse: bool = False) -> dict:
     """One run (in a worker process): its directory is seeded with the seed's dense fine-tune,
-    which the pipeline then resumes from instead of training it again."""
+    which the pipeline then resumes from instead of training it again. With ``reuse``, a run
+    that already finished there with the same config is read back instead of trained."""
     import torch
 
     from forceprune.runs import config_from_dict, run
 
     torch.set_num_threads(config.get("threads") or 1)
     out = Path(config["output_dir"])
+    if reuse and _finished(out, config_from_dict(config).to_dict()):
+        return json.loads((out / "report.json").read_text())
     if out.exists():
         shutil.rmtree(out)
     if dense_checkpoint is not None:
@@ -91,15 +95,15 @@ def run_suite(
     config: dict | None = None,
     progress: bool = True,
     command: str | None = None,
-    dense_from: str | Path | None = None,
+    resume: bool = False,
 ) -> dict:
     """Run the suite; writes ``sst2.json``, ``sst2.md`` and ``sst2.png`` (``sst2_smoke.*`` with
     ``smoke``) under ``output_dir`` (default ``benchmarks/results``), each run's directory under
     ``work_dir`` (default ``runs/bench_sst2``), and returns the result. ETP runs at ``seeds`` at
     every level and also at ``extra_seeds`` at level ``seeds_at``; ``config`` overrides keys of
     every run's config (e.g. ``batch_size``); ``command`` is what the result records as the command
-    that made it (default ``forceprune bench sst2``); ``dense_from``: an earlier run's
-    ``work_dir`` whose dense runs (teachers, dense rows) are reused instead of trained again."""
+    that made it (default ``forceprune bench sst2``); with ``resume`` every run that finished in
+    ``work_dir`` with the same config (a stopped suite's, or one with fewer methods) is reused."""
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ForcePruneError(f"unknown sst2 methods {unknown}; available: {', '.join(METHODS)}.")
@@ -134,7 +138,8 @@ def run_suite(
     def batch(jobs: list[tuple[str, float, int, dict]], dense: dict[int, str] | None) -> list[dict]:
         if progress:
             print(f"\n=== {', '.join(f'{m}@{lv:g}/seed{s}' for m, lv, s, _ in jobs)} ===", flush=True)
-        args = [(cfg(m, lv, s, **extra), dense.get(s) if dense else None, progress and workers == 1) for m, lv, s, extra in jobs]
+        args = [(cfg(m, lv, s, **extra), dense.get(s) if dense else None, progress and workers == 1, resume)
+                for m, lv, s, extra in jobs]
         if workers > 1 and len(args) > 1:
             with ProcessPoolExecutor(max_workers=min(workers, len(args))) as pool:
                 reports = list(pool.map(_one, *zip(*args)))
@@ -144,12 +149,8 @@ def run_suite(
             points.append({"method": m, "level": lv, "seed": s, "report": r})
         return reports
 
-    dense_dir = Path(dense_from) if dense_from else work
-    if dense_from:
-        points.extend(_reused_dense(dense_dir, all_seeds))
-    else:
-        batch([("dense", 1.0, s, {}) for s in all_seeds], None)
-    dense = {s: str(dense_dir / f"dense_1_seed{s}" / "checkpoints" / "dense.pt") for s in all_seeds}
+    batch([("dense", 1.0, s, {}) for s in all_seeds], None)
+    dense = {s: str(work / f"dense_1_seed{s}" / "checkpoints" / "dense.pt") for s in all_seeds}
     matched_methods = {"torque", "group_norm"} & set(methods)
     etp_jobs = [("etp", lv, s, {"target_macs": lv, "spare_keepers": True, "force_options": force_opts})
                 for lv in levels for s in (seeds if lv != seeds_at else all_seeds)] if "etp" in methods or matched_methods else []
@@ -183,18 +184,12 @@ def run_suite(
     return result
 
 
-def _reused_dense(work: Path, seeds: tuple[int, ...]) -> list[dict]:
-    """The dense points of an earlier run of the suite (its ``work_dir``), one per seed."""
-    import json
-
-    points = []
-    for s in seeds:
-        path = work / f"dense_1_seed{s}" / "report.json"
-        if not path.is_file() or not (work / f"dense_1_seed{s}" / "checkpoints" / "dense.pt").is_file():
-            raise ForcePruneError(f"dense_from: {path.parent} has no finished dense run of seed {s}; "
-                                  "run the suite once without dense_from first.")
-        points.append({"method": "dense", "level": 1.0, "seed": s, "report": json.loads(path.read_text())})
-    return points
+def _finished(out: Path, config: dict) -> bool:
+    """Whether ``out`` holds a finished run (its report) of exactly ``config``."""
+    try:
+        return json.loads((out / "config.json").read_text()) == config and (out / "report.json").is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _summary(report: dict) -> dict:

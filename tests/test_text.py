@@ -251,14 +251,16 @@ def test_sst2_benchmark_suite_in_miniature(tmp_path):
     assert planned["max_output_error"] < 1e-4 and planned["reached_vs_target"] == pytest.approx(1.0, abs=0.03)
     assert planned["acc_dev_after_removal"] == planned["acc_dev_before_removal"]
 
-    again = run_suite(  # one more method on the same teachers: the dense runs are reused, not retrained
-        (0.5,), ("etp_fisher",), model=str(model_dir), data_dir=str(tmp_path), seeds=(0,), extra_seeds=(), epochs=4,
-        finetune_epochs=0.5, beta=0.05, lr=2e-2, threads=0, workers=1, output_dir=tmp_path / "out2",
-        work_dir=tmp_path / "work2", dense_from=tmp_path / "work", progress=False,
+    report = tmp_path / "work" / "etp_fisher_0.5_seed0" / "report.json"
+    stamp = report.stat().st_mtime_ns
+    again = run_suite(  # a stopped suite resumed with fewer methods: every finished run is read back
+        (0.5,), ("dense", "etp_fisher"), model=str(model_dir), data_dir=str(tmp_path), seeds=(0,), extra_seeds=(),
+        dense_epochs=1.0, epochs=4, finetune_epochs=0.5, beta=0.05, lr=2e-2, threads=0, workers=1,
+        output_dir=tmp_path / "out2", work_dir=tmp_path / "work", resume=True, progress=False,
         config={"batch_size": 8, "warmup_ratio": 0.0, "macs_seq_len": 16, "latency_batch": 2, "latency_repeats": 1},
     )
     assert [(p["method"], p["seed"]) for p in again["points"]] == [("dense", 0), ("etp_fisher", 0)]
-    assert again["points"][0] == rows[("dense", 0)] and not (tmp_path / "work2" / "dense_1_seed0").exists()
+    assert again["points"] == [rows[("dense", 0)], planned] and report.stat().st_mtime_ns == stamp, "not retrained"
 
 
 def test_dense_run(tmp_path):
