@@ -1,13 +1,15 @@
 """The force's step overhead with the force active, per model and force law.
 
-    python -m benchmarks.overhead [--steps 60] [--threads 2] [--output-dir benchmarks/results]
+    python -m benchmarks.overhead [--steps 60] [--threads 2] [--models lenet5,resnet20[,smollm2]] [--output-dir benchmarks/results]
 
 A suite's "force overhead" column is one 20-step measurement at the end of each point's
 training; this is the same measurement (:func:`benchmarks.common.step_overhead`: a plain SGD
 step against one with ``penalty()`` + ``pruner.step()``, interleaved, medians) with more steps,
 repeated, on the models of the suites: LeNet-5 (MNIST shape, batch 128, the headline's 20x
 target) and ResNet-20 (CIFAR-10 shape, batch 128, the 3.3x target), channels-last as the
-suites train on CPU, for every force law with its suite options. Inputs are random: the compute
+suites train on CPU, for every force law with its suite options; and with ``--models smollm2``
+the LLM of ``configs/smollm2_etp.toml`` (its proximal force, activation ranking and batch of 4 x
+128 tokens; needs the LLM extra, README). Inputs are random: the compute
 of a training step does not depend on the data. The pruner sits mid-training (after the
 warm-up, the force on, captures every 10 steps and controller updates where they fall).
 Writes ``overhead.json`` and ``overhead.md`` under the output directory and prints the table.
@@ -56,9 +58,34 @@ def measure(model_name: str, method: str, steps: int, repeats: int, batch: int =
             "unit_sets": len(pruner.unit_sets), "step_ms": (time.perf_counter() - t0) / 5 * 1e3}
 
 
+def measure_lm(steps: int, repeats: int, config: Path = ROOT.parent / "configs" / "smollm2_etp.toml") -> dict:
+    """:func:`measure` for the decoder LM of ``config``: its proximal step (``prox=True``) with the
+    pruner calibrated and mid-training, on the config's first training batch."""
+    from forceprune.runs import load_config
+    from forceprune.runs.lm import LMTask
+    from forceprune.runs.stages import build_method, calibrate_method
+
+    cfg = load_config(config)
+    task = LMTask(cfg)
+    model = task.build_model()
+    total = len(task.train_batches)
+    pruner = build_method(task, model, total, calibrate=False)
+    calibrate_method(task, pruner)
+    pruner.attach_optimizer(torch.optim.SGD(model.parameters(), lr=0.0))
+    pruner.steps = total // 3
+    runs = [step_overhead(model, pruner, task, steps=steps, prox=True) for _ in range(repeats)]
+    batch = next(iter(task.train_batches))
+    t0 = time.perf_counter()
+    for _ in range(3):
+        task.objective(model, batch)[0].backward()
+    return {"model": "smollm2", "method": f"{cfg.force} ({cfg.force_mode})", "overhead": statistics.median(runs),
+            "runs": runs, "unit_sets": len(pruner.unit_sets), "step_ms": (time.perf_counter() - t0) / 3 * 1e3}
+
+
 def markdown(result: dict) -> str:
     lines = [f"### Force step overhead, force active: `{result['command']}`", "",
-             f"{result['date']}, {result['machine']}, {result['steps']} interleaved steps x {result['repeats']} "
+             f"{result['date']}, {result['machine']}, {result['steps']} interleaved steps (smollm2: "
+             f"{result.get('lm_steps', '-')}) x {result['repeats']} "
              "repeats per row (median of the repeats; each repeat: median forced step / median plain step - 1).", "",
              "| model | method | unit sets | forward + backward ms | overhead | repeats |", "|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -71,6 +98,7 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--lm-steps", type=int, default=10, help="steps per repeat for smollm2 (~1.5 s a step)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default=",".join(MODELS))
@@ -79,9 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = [measure(m, method, args.steps, args.repeats) for m in args.models.split(",")
-            for method in args.methods.split(",")]
-    result = {"rows": rows, "steps": args.steps, "repeats": args.repeats, "machine": machine(args.threads),
+    rows = [measure_lm(args.lm_steps, args.repeats) if m == "smollm2" else measure(m, method, args.steps, args.repeats)
+            for m in args.models.split(",") for method in (["etp"] if m == "smollm2" else args.methods.split(","))]
+    result = {"rows": rows, "steps": args.steps, "lm_steps": args.lm_steps, "repeats": args.repeats, "machine": machine(args.threads),
               "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python -m benchmarks.overhead", *argv])}
     print(write_result(result, Path(args.output_dir), "overhead", markdown))
     return result

@@ -27,7 +27,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--smoke", action="store_true", help="tiny budget plumbing check (< 2 min)")
     ap.add_argument("--levels", default="0.667,0.5,0.333", help="kept MACs fractions, comma-separated")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--extra-seeds", default="1,2", help="more ETP seeds at level 0.5 (comma-separated; empty: none)")
+    ap.add_argument("--extra-seeds", default="1,2", help="more seeds at level 0.5 for ETP, Fisher and etp_fisher (comma-separated; empty: none)")
     ap.add_argument("--train-subset", type=int, default=0, help="training sentences (0: all 67,349)")
     ap.add_argument("--dense-epochs", type=float, default=1.0, help="epochs of the dense fine-tune, the teacher (D)")
     ap.add_argument("--epochs", type=float, default=0.5, help="epochs with the method (E)")

@@ -21,7 +21,10 @@ Protocol (every method starts from the same pretrained all-MiniLM-L6-v2 weights)
   ``GroupMagnitudeImportance`` keeps the strongest units down to ETP's widths, then ``F``;
 * **Fisher mask search** (Kwon et al. 2022 style, post-training): ``E`` epochs of distilled
   fine-tuning, then the Fisher mask search with rearrangement to ``target_macs = level`` on 2,048
-  training sentences, then ``F`` (its accuracy just after removal is the no-retraining number).
+  training sentences, then ``F`` (its accuracy just after removal is the no-retraining number);
+* **ETP + Fisher** (``etp_fisher``): ETP's recipe with ``importance = "fisher"``: the Fisher mask
+  search on the teacher fixes the units the force pushes (different numbers per layer), so removal
+  stays exact.
 
 MACs are per 64-token sentence with torch-pruning's counter plus the attention matmuls (encoder =
 the 6 transformer layers); latency is the median of a batch of 32 such sentences, one thread,
@@ -99,9 +102,9 @@ def run_suite(
 ) -> dict:
     """Run the suite; writes ``sst2.json``, ``sst2.md`` and ``sst2.png`` (``sst2_smoke.*`` with
     ``smoke``) under ``output_dir`` (default ``benchmarks/results``), each run's directory under
-    ``work_dir`` (default ``runs/bench_sst2``), and returns the result. ETP runs at ``seeds`` at
-    every level and also at ``extra_seeds`` at level ``seeds_at``; ``config`` overrides keys of
-    every run's config (e.g. ``batch_size``); ``command`` is what the result records as the command
+    ``work_dir`` (default ``runs/bench_sst2``), and returns the result. ETP, the Fisher search and
+    etp_fisher run at ``seeds`` at every level and also at ``extra_seeds`` at level ``seeds_at``;
+    ``config`` overrides keys of every run's config (e.g. ``batch_size``); ``command`` is what the result records as the command
     that made it (default ``forceprune bench sst2``); with ``resume`` every run that finished in
     ``work_dir`` with the same config (a stopped suite's, or one with fewer methods) is reused."""
     unknown = sorted(set(methods) - set(METHODS))
@@ -152,11 +155,15 @@ def run_suite(
     batch([("dense", 1.0, s, {}) for s in all_seeds], None)
     dense = {s: str(work / f"dense_1_seed{s}" / "checkpoints" / "dense.pt") for s in all_seeds}
     matched_methods = {"torque", "group_norm"} & set(methods)
+    def seeds_of(level: float) -> tuple[int, ...]:
+        return all_seeds if level == seeds_at else seeds
+
     etp_jobs = [("etp", lv, s, {"target_macs": lv, "spare_keepers": True, "force_options": force_opts})
-                for lv in levels for s in (seeds if lv != seeds_at else all_seeds)] if "etp" in methods or matched_methods else []
+                for lv in levels for s in seeds_of(lv)] if "etp" in methods or matched_methods else []
     planned = {"spare_keepers": True, "importance": "fisher", "force_options": force_opts}
-    fisher_jobs = [("fisher", lv, seeds[0], {"target_macs": lv}) for lv in levels] if "fisher" in methods else []
-    fisher_jobs += [("etp_fisher", lv, seeds[0], dict(planned, target_macs=lv)) for lv in levels] if "etp_fisher" in methods else []
+    fisher_jobs = [("fisher", lv, s, {"target_macs": lv}) for lv in levels for s in seeds_of(lv)] if "fisher" in methods else []
+    fisher_jobs += [("etp_fisher", lv, s, dict(planned, target_macs=lv)) for lv in levels
+                    for s in seeds_of(lv)] if "etp_fisher" in methods else []
     etp = batch(etp_jobs + fisher_jobs, dense)
     widths = {lv: _widths(r) for (_, lv, s, _), r in zip(etp_jobs, etp) if s == seeds[0]}
     matched = [("torque", lv, seeds[0], {"widths": widths[lv], "force_options": force_opts}) for lv in levels if "torque" in methods]

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from ._torch import eval_mode
+from .errors import ForcePruneError
 from .units import CONSUMER, UnitSet
 
 
@@ -66,12 +67,16 @@ def fisher_information(model: nn.Module, unit_sets: list[UnitSet], batches: Iter
 
 
 def removal_masks(model: nn.Module, unit_sets: list[UnitSet], example_inputs, target_macs: float, batches: Iterable,
-                  loss_of: Callable, max_batches: int) -> list[torch.Tensor]:
+                  loss_of: Callable, max_batches: int,
+                  kept_width: Callable[[int, int], int] | None = None) -> list[torch.Tensor]:
     """Per unit set, the ``(G,)`` bool mask of the units to remove for the model to keep
     ``target_macs`` of its MACs (per sample of ``example_inputs``): Fisher information on up to
     ``max_batches`` calibration batches, the mask search, then the rearrangement. The search's
     unit costs leave out attention's matrix products, so its budget is bisected on the exact
-    MACs of the pruned model (how many units each set keeps fixes them). The model is unchanged."""
+    MACs of the pruned model (how many units each set keeps fixes them). ``kept_width(kept,
+    size)`` (optional) turns the search's count into the width a set keeps (a budget's
+    ``min_width`` and ``round_to``: :func:`forceprune.budget_selection.kept_width`), inside the
+    bisection, so the rounded widths meet the target. The model is unchanged."""
     from .metrics import count_macs_params
     from .preview import counts_if_removed
     from .scoring import unit_costs
@@ -82,13 +87,20 @@ def removal_masks(model: nn.Module, unit_sets: list[UnitSet], example_inputs, ta
     kinds = [us.kind for us in unit_sets]
     dense = count_macs_params(model, example_inputs)[0]
 
+    def widths(kept: list[int]) -> list[int]:
+        return kept if kept_width is None else [kept_width(k, us.size) for k, us in zip(kept, unit_sets)]
+
     def fits(budget: float) -> tuple[bool, list[int]]:
-        kept = search(importance, costs, kinds, budget)
+        kept = widths(search(importance, costs, kinds, budget))
         masks = [_prefix(imp, k) for imp, k in zip(importance, kept)]
         return counts_if_removed(model, unit_sets, example_inputs, masks)[0] <= target_macs * dense, kept
 
     lo, hi = 0.0, float(dense)
-    best = search(importance, costs, kinds, 0.0)
+    floor, best = fits(0.0)
+    if not floor:
+        raise ForcePruneError(f"target_macs={target_macs} is out of reach of the Fisher search with these widths: "
+                              "the smallest it may keep (min_width, round_to) costs more. Raise target_macs or "
+                              "lower the budget's min_width / round_to.")
     for _ in range(20):
         mid = (lo + hi) / 2
         ok, kept = fits(mid)

@@ -23,6 +23,7 @@ import torch
 from .errors import ForcePruneError
 from .forces import Force
 from .scoring import unit_profile
+from .unit_sums import in_order
 from .units import UnitSet
 
 
@@ -57,6 +58,11 @@ def proximal_force_step(force: Force, unit_sets: list[UnitSet], set_weights: lis
             factor[us.dead.to(norms.device)] = 0
         for sl in slices:
             t = sl.param.data
+            if f.norm == "l2" and in_order(sl):  # the whole dim in order: one in-place product
+                shape = [1] * t.dim()
+                shape[sl.dim] = -1
+                t.mul_((factor if in_order(sl, len(factor)) else factor[sl.unit.to(factor.device)]).to(t).view(shape))
+                continue
             moved = t.movedim(sl.dim, 0) if sl.dim else t
             idx = sl.index.to(t.device)
             shape = (-1,) + (1,) * (moved.dim() - 1)
@@ -66,4 +72,3 @@ def proximal_force_step(force: Force, unit_sets: list[UnitSet], set_weights: lis
             else:
                 vals = moved[idx]
                 moved[idx] = vals.sign() * (vals.abs() - step[unit].to(t.dtype).view(shape)).clamp_min(0)
-

@@ -30,11 +30,12 @@ from .forces import Force, resolve
 from .latency import latency_budget
 from .metrics import count_macs_params
 from .preview import counts_if_removed, pruned_copy
+from .penalty import force_penalty
 from .proximal import proximal_force_step
 from .pruner_checks import (check_finite, check_finite_penalty, check_materialised, check_modules, check_options,
                             check_pushed, check_reachable, checked_state, raise_no_units)
 from .removal import keep_one, plan_removal, remove, removable_units
-from .scoring import cost_weights, force_field, prox_bounds, rate_known, scores, signs, step_shrink, unit_costs
+from .scoring import cost_weights, force_field, prox_bounds, rate_known, scores, step_shrink, unit_costs
 from .report import PruneReport
 from .units import build_unit_sets
 
@@ -203,15 +204,12 @@ class ForcePruner:
     def penalty(self) -> torch.Tensor:
         """The force penalty: a differentiable scalar to add to the task loss."""
         self._check_modules()
-        total, powered = torch.zeros((), device=model_device(self.model)), {}  # powered: |w|**p per parameter
         if self.scale == 0.0:
-            return total
-        for k, (us, weight, imp) in enumerate(zip(self.unit_sets, self._set_weights, self._importance())):
-            sums = us.unit_sums(self.force.include, self.force.power, powered)
-            mask = self._force_masks[k] if self._force_masks is not None else None
-            total = total + weight * self.force.penalty(sums, signs(self.force, us), mask, imp)
+            return torch.zeros((), device=model_device(self.model))
+        masks = self._force_masks or [None] * len(self.unit_sets)
+        total = force_penalty(self.force, self.unit_sets, self._set_weights, masks, self._importance(), self.scale)
         check_finite_penalty(total)
-        return total * self.scale if self.scale != 1.0 else total
+        return total
 
     def proximal_step(self, lr: float | None = None) -> None:
         """The force as a proximal step instead of a loss term: call right after

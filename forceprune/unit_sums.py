@@ -5,6 +5,8 @@ as few tensor operations as possible: one elementwise power per parameter (share
 unit sets slicing it), one reduction per slice, and no gather or scatter where a slice covers its
 parameter's whole dimension in unit order (a plain conv filter or linear neuron: the common case).
 Which slices those are is found once per slice and kept on it (a removal builds new slices).
+:class:`Coefficients` is the transpose: the derivative of a weighted sum of unit sums by a
+parameter, which the penalty's closed-form gradient is built from (:mod:`forceprune.penalty`).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ class Slice(Protocol):
     def elements(self, tensor: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
-def _in_order(s: Slice, size: int | None = None) -> bool:
+def in_order(s: Slice, size: int | None = None) -> bool:
     """Whether the slice's positions are its parameter's whole ``dim`` in order (no
     ``index_select``; ``size=None``), or position ``i`` belongs to unit ``i`` of ``size`` (no
     ``index_add``). Found once per slice, parameter and question."""
@@ -62,7 +64,7 @@ def position_sums(s: Slice, power: int, powered: dict | None = None) -> torch.Te
     v = powered[(id(t), power)]
     dims = [d for d in range(t.dim()) if d != s.dim]
     sums = v.sum(dim=dims) if dims else v
-    if _in_order(s):
+    if in_order(s):
         return sums
     return sums.index_select(0, s.index.to(sums.device))
 
@@ -73,7 +75,49 @@ def unit_sums(slices: list[Slice], size: int, power: int, powered: dict | None =
     out = None
     for s in slices:
         part = position_sums(s, power, powered)
-        if not _in_order(s, size):
+        if not in_order(s, size):
             part = torch.zeros(size, dtype=part.dtype, device=part.device).index_add(0, s.unit.to(part.device), part)
         out = part if out is None else out + part
     return out
+
+
+class Coefficients:
+    """The derivative of ``sum_i c_i * s_i`` (``s_i``: :func:`unit_sums`) by one parameter,
+    collected slice by slice: ``d/dw = ds/dw * C`` where ``C`` (the parameter's shape) is the sum
+    of one ``(n,)`` vector per dimension the slices cut, broadcast along it, plus a full tensor for
+    grouped-conv consumers; ``ds/dw`` is ``2w`` (power 2) or ``sign(w)`` (power 1)."""
+
+    def __init__(self, param: torch.Tensor):
+        self.param = param
+        self.along: dict[int, torch.Tensor] = {}
+        self.full: torch.Tensor | None = None
+
+    def add(self, s: Slice, per_unit: torch.Tensor) -> None:
+        """Add ``per_unit[unit]`` (``(G,)`` coefficients of the slice's unit set) at the slice's positions."""
+        t = self.param
+        c = (per_unit if in_order(s, len(per_unit)) else per_unit.index_select(0, s.unit.to(per_unit.device)))
+        c = c.to(t.device, t.dtype)
+        if s.group_rows:
+            per_group = t.shape[1]
+            index = s.index.to(t.device)
+            rows = (index // per_group)[:, None] * s.group_rows + torch.arange(s.group_rows, device=t.device)
+            cols = (index % per_group)[:, None].expand_as(rows)
+            self.full = torch.zeros_like(t) if self.full is None else self.full
+            spread = c.view(-1, 1, *[1] * (t.dim() - 2)).expand(len(c), s.group_rows, *t.shape[2:])
+            self.full.index_put_((rows, cols), spread, accumulate=True)
+            return
+        if not in_order(s):
+            c = torch.zeros(t.shape[s.dim], dtype=t.dtype, device=t.device).index_add(0, s.index.to(t.device), c)
+        self.along[s.dim] = c if s.dim not in self.along else self.along[s.dim] + c
+
+    def gradient(self, power: int, factor: torch.Tensor) -> torch.Tensor:
+        """``factor * ds/dw * C``: the parameter's gradient (``factor``: the output's gradient)."""
+        t = self.param.detach()
+        k = 2 * factor if power == 2 else factor
+        total = None if self.full is None else self.full * k
+        for dim, c in self.along.items():
+            shape = [1] * t.dim()
+            shape[dim] = -1
+            c = (c * k).view(shape)
+            total = c if total is None else total + c
+        return (t if power == 2 else t.sign()) * total

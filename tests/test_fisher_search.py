@@ -110,3 +110,34 @@ def test_pushed_units_need_a_planned_budget_and_one_mask_per_unit_set():
                             spare_keepers=True)
     with pytest.raises(fp.ForcePruneError, match="one"):
         spared.set_pushed_units([torch.zeros(3, dtype=torch.bool)])
+
+
+def test_searched_widths_follow_the_budgets_rounding_and_still_meet_the_target():
+    """The search's widths go through the budget's min_width / round_to inside the bisection:
+    every set keeps an even width (or all its units), at least 2, and the MACs target holds; a
+    target the rounded floor cannot reach is refused."""
+    pytest.importorskip("transformers")
+    from forceprune.budget import Budget
+    from forceprune.budget_selection import kept_width
+    from forceprune.fisher_search import removal_masks
+    from forceprune.metrics import count_macs_params
+    from forceprune.preview import counts_if_removed
+
+    model, example, batches = _tiny_bert()
+    pruner = fp.ForcePruner(model, example, "etp", kinds=("head", "neuron"))
+    budget = Budget(target=0.6, metric="macs", total_steps=100, round_to=2, min_width=2)
+    loss_of = lambda m, b: m(**b).loss  # noqa: E731
+    plain = removal_masks(model, pruner.unit_sets, example, 0.6, batches, loss_of, 4)
+    masks = removal_masks(model, pruner.unit_sets, example, 0.6, batches, loss_of, 4,
+                          lambda kept, size: kept_width(kept, size, budget))
+    kept = {us.kind: [] for us in pruner.unit_sets}
+    for us, go in zip(pruner.unit_sets, masks):
+        kept[us.kind].append(int((~go).sum()))
+    assert all(k % 2 == 0 or k == 37 for k in kept["neuron"] + kept["head"]) and min(sum(kept.values(), [])) >= 2
+    assert any(int((~go).sum()) % 2 for go in plain)  # the rounding changed something
+    macs = counts_if_removed(model, pruner.unit_sets, example, masks)[0]
+    assert macs <= 0.6 * count_macs_params(model, example)[0]
+    coarse = Budget(target=0.6, metric="macs", total_steps=100, round_to=8)  # heads keep all 4
+    with pytest.raises(fp.ForcePruneError, match="min_width / round_to"):
+        removal_masks(model, pruner.unit_sets, example, 0.3, batches, loss_of, 4,
+                      lambda kept, size: kept_width(kept, size, coarse))

@@ -235,8 +235,8 @@ def test_sst2_benchmark_suite_in_miniature(tmp_path):
         config={"batch_size": 8, "warmup_ratio": 0.0, "macs_seq_len": 16, "latency_batch": 2, "latency_repeats": 1},
     )
     rows = {(p["method"], p["seed"]): p for p in result["points"]}
-    assert set(rows) == {("dense", 0), ("dense", 1), ("etp", 0), ("etp", 1), ("etp_fisher", 0), ("torque", 0),
-                         ("group_norm", 0), ("fisher", 0)}
+    assert set(rows) == {("dense", 0), ("dense", 1), ("etp", 0), ("etp", 1), ("etp_fisher", 0), ("etp_fisher", 1),
+                         ("torque", 0), ("group_norm", 0), ("fisher", 0), ("fisher", 1)}
     assert rows[("etp", 0)]["reached_vs_target"] == pytest.approx(1.0, abs=0.03)
     assert rows[("etp", 0)]["acc_dense_teacher"] == rows[("dense", 0)]["acc_dense_teacher"], "every method starts from the teacher"
     assert (rows[("torque", 0)]["encoder_macs_after"] == rows[("etp", 0)]["encoder_macs_after"]

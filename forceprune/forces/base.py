@@ -164,15 +164,37 @@ class Force(abc.ABC):
                 importance: torch.Tensor | None = None) -> torch.Tensor:
         """``beta * reduce(phi * norm)`` for one unit set, from its per-unit sums (``(G,)``);
         ``mask`` (``(G,)``, optional) multiplies ``phi`` (0 spares a unit); ``importance``
-        (``(G,)``, optional) stands in for the norms in the profile (a ranked pivot ranks by it)."""
+        (``(G,)``, optional) stands in for the norms in the profile (a ranked pivot ranks by it).
+        Differentiable through ``sums`` (the definition; training uses :meth:`penalty_coefficients`)."""
         norms = self.unit_norms(sums)
-        phi = self._profile(len(sums), norms if importance is None else importance, signs).to(norms.device, norms.dtype)
-        if mask is not None:
-            phi = phi * mask.to(phi.device, phi.dtype)
-        total = (phi * norms).sum()
-        if self.reduction == "mean":
-            total = total / len(sums)
-        return self.beta * total
+        return self.beta * (self._phi(norms, signs, mask, importance) * norms).sum() / self._divisor(len(sums))
+
+    def penalty_coefficients(self, sums: torch.Tensor, signs: torch.Tensor | None = None,
+                             mask: torch.Tensor | None = None,
+                             importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`penalty` (a scalar, no grad) and its derivative by each unit's sum, ``(G,)``.
+
+        ``phi`` does not depend on the weights (positions, or norms read detached), so the
+        derivative is ``beta * phi_i * dn_i/ds_i / R`` (``R``: G for ``"mean"``, else 1), with
+        ``dn/ds = 1 / (2 sqrt(s))`` for ``"l2"`` (0 at s = 0, like autograd through
+        :meth:`unit_norms`) and 1 for ``"l1"`` / ``"l2sq"``."""
+        with torch.no_grad():
+            norms = self.unit_norms(sums)
+            weighted = self.beta * self._phi(norms, signs, mask, importance) / self._divisor(len(sums))
+            if self.norm == "l2":
+                slope = torch.where(sums > 1e-30, 0.5 / sums.clamp_min(1e-30).sqrt(), torch.zeros_like(sums))
+            else:
+                slope = torch.ones_like(sums)
+            return (weighted * norms).sum(), weighted * slope
+
+    def _phi(self, norms: torch.Tensor, signs: torch.Tensor | None, mask: torch.Tensor | None,
+             importance: torch.Tensor | None) -> torch.Tensor:
+        """The ``(G,)`` profile on ``norms``' device and dtype, times ``mask``."""
+        phi = self._profile(len(norms), norms if importance is None else importance, signs).to(norms.device, norms.dtype)
+        return phi if mask is None else phi * mask.to(phi.device, phi.dtype)
+
+    def _divisor(self, size: int) -> int:
+        return size if self.reduction == "mean" else 1
 
     def options(self) -> dict:
         """JSON-safe dict of this force's options (``name`` included)."""

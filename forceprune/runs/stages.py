@@ -107,16 +107,19 @@ def build_method(task, model: nn.Module, total_steps: int, calibrate: bool = Tru
 def calibrate_method(task, pruner) -> None:
     """With ``importance = "activation"``, measure the input norms that rank the pruner's units,
     on 128 training samples (as Wanda calibrates) of the model as it is now; with ``"fisher"``,
-    fix the units the force pushes by the Fisher mask search to ``target_macs`` on 2,048."""
+    fix the units the force pushes by the Fisher mask search to ``target_macs`` on 2,048 (the widths
+    it keeps rounded as the budget's ``min_width`` and ``round_to`` say)."""
+    from ..budget_selection import kept_width
     from ..fisher_search import removal_masks
 
     c = task.config
     if c.importance == "activation":
         pruner.calibrate(task.train_batches, lambda m, b: task.objective(m, b), max_batches=_calibration_batches(c))
     elif c.importance == "fisher":
+        budget = pruner.controller.budget
         pruner.set_pushed_units(removal_masks(pruner.model, pruner.unit_sets, task.example_inputs, c.target_macs,
                                               task.train_batches, lambda m, b: task.objective(m, b)[0],
-                                              _fisher_batches(c)))
+                                              _fisher_batches(c), lambda kept, size: kept_width(kept, size, budget)))
 
 
 def _fisher_batches(c) -> int:
