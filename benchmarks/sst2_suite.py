@@ -264,6 +264,10 @@ def markdown(result: dict) -> str:
         "train s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    if result.get("sources"):
+        lines[4:4] = ["", "Combined from " + "; ".join(f"`{s['command']}` ({s['date']}, {s['machine']}, "
+                                                   f"{s['seconds'] / 60:.1f} min: {', '.join(s['points'])})"
+                                                   for s in result["sources"]) + "."]
     for r in result["summary"]:
         pm = lambda k: fmt_cell(r.get(k)) + (f" ± {r[k + '_std']:.2f}" if r.get(k + "_std") is not None else "")  # noqa: E731
         delta = f"{r['acc_dev'] - dense_dev:+.2f}" if dense_dev is not None else "–"
@@ -293,3 +297,48 @@ def plot(result: dict, path: Path) -> None:
                 ax.axhline(ys[0] - 1.0, color="k", lw=0.8, ls=":", label="dense − 1 pt")
             else:
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+
+
+def combine(results: list[dict], command: str) -> dict:
+    """One result from several invocations of the suite with the same budget (e.g. seed 0 on one
+    day, seeds 1 and 2 on another): their points side by side, summarised again. A (method,
+    level, seed) measured more than once keeps the later result's point; ``sources`` records
+    each invocation's command, date, machine and the points it contributed."""
+    if not results:
+        raise ForcePruneError("nothing to combine: pass the sst2.json files of the invocations.")
+    budgets = {json.dumps(r["budget"], sort_keys=True) for r in results}
+    if len(budgets) > 1 or any(r["smoke"] for r in results):
+        raise ForcePruneError("these sst2 results have different budgets (or one is a smoke run): only runs of the "
+                              "same protocol can share a table; re-run them with the same options.")
+    points: dict[tuple, dict] = {}
+    source_of: dict[tuple, int] = {}
+    for i, r in enumerate(results):
+        for p in r["points"]:
+            key = (p["method"], p["level"], p["seed"])
+            points[key], source_of[key] = p, i
+    kept = sorted(points.values(), key=lambda p: (METHODS.index(p["method"]), -p["level"], p["seed"]))
+    runs = {k: v for r in results for k, v in r["runs"].items()}
+    sources = [{"command": r["command"], "date": r["date"], "machine": r["machine"], "seconds": r["seconds"],
+                "points": [f"{k[0]}@{k[1]:g}/seed{k[2]}" for k, i_ in source_of.items() if i_ == i]}
+               for i, r in enumerate(results)]
+    return {**results[-1], "command": command, "date": results[-1]["date"],
+            "machine": " + ".join(dict.fromkeys(r["machine"] for r in results)),
+            "seconds": sum(r["seconds"] for r in results), "points": kept, "summary": summarise(kept),
+            "runs": {f"{p['method']}@{p['level']:g}/seed{p['seed']}": runs.get(f"{p['method']}@{p['level']:g}/seed{p['seed']}")
+                     for p in kept}, "sources": sources}
+
+
+def combine_files(paths: list[Path], output_dir: Path, command: str) -> dict:
+    """:func:`combine` the ``sst2.json`` files at ``paths``; writes ``sst2.{json,md,png}`` under
+    ``output_dir`` (checked to be readable results first, so nothing is overwritten on bad input)."""
+    results = []
+    for path in paths:
+        try:
+            results.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as exc:
+            raise ForcePruneError(f"cannot read sst2 result {path}: {exc}; pass the sst2.json a suite wrote.") from exc
+        if not {"points", "budget", "runs"} <= set(results[-1]):
+            raise ForcePruneError(f"{path} is not an sst2 suite result (no points / budget / runs).")
+    result = combine(results, command)
+    write_result(result, Path(output_dir), "sst2", markdown, plot)
+    return result

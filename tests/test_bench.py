@@ -4,6 +4,7 @@ import json
 import pytest
 
 from benchmarks import suites as bench
+from forceprune.errors import ForcePruneError
 
 
 def test_smoke_suite_writes_json_markdown_and_plot(data_dir, tmp_path):
@@ -183,3 +184,52 @@ def test_overhead_benchmark_writes_its_table(tmp_path):
     assert row["model"] == "lenet5" and row["unit_sets"] == 3 and row["step_ms"] > 0
     assert json.loads((tmp_path / "overhead.json").read_text())["rows"][0]["method"] == "etp"
     assert "| lenet5 | etp | 3 |" in (tmp_path / "overhead.md").read_text()
+
+
+def _sst2_result(points: list[tuple[str, float, int, float]], command: str, budget: dict | None = None) -> dict:
+    """A minimal sst2 suite result: (method, level, seed, final dev accuracy) per point."""
+    def point(method, level, seed, acc):
+        return {"method": method, "level": level, "seed": seed, "acc_dev": acc, "acc_test": acc - 1,
+                "acc_dev_before_removal": acc, "acc_dev_after_removal": None if method == "dense" else acc,
+                "encoder_reduction": 1 / level, "reached_vs_target": None, "max_output_error": None, "train_s": 10.0,
+                "wall_s": 12.0, "heads_after": [2, 2], "ffn_after": [8, 8], "encoder_macs_after": 1e6 * level}
+    pts = [point(*p) for p in points]
+    return {"benchmark": "b", "smoke": False, "command": command, "date": "2026-12-04", "machine": f"m-{command}",
+            "budget": budget or {"train_subset": 8, "dense_epochs": 1.0, "epochs_method": 0.5, "epochs_finetune": 0.25,
+                                 "beta_start": 0.2, "distill": {}, "dev": "d", "test": "t"},
+            "seconds": 60.0, "points": pts, "summary": [], "runs": {f"{m}@{lv:g}/seed{s}": {"seed": s, "src": command}
+                                                                for m, lv, s, _ in points}}
+
+
+def test_sst2_results_of_two_invocations_combine_into_one_table(tmp_path):
+    from benchmarks.sst2_suite import combine, combine_files
+
+    first = _sst2_result([("dense", 1.0, 0, 89.0), ("dense", 1.0, 1, 88.0), ("etp_fisher", 0.5, 0, 88.5)], "a")
+    second = _sst2_result([("dense", 1.0, 1, 88.4), ("dense", 1.0, 2, 88.6), ("etp_fisher", 0.5, 1, 87.5),
+                           ("etp_fisher", 0.5, 2, 88.0)], "b")
+    result = combine([first, second], "combined")
+    summary = {r["method"]: r for r in result["summary"]}
+    assert summary["dense"]["seeds"] == [0, 1, 2]
+    assert summary["dense"]["acc_dev"] == pytest.approx((89.0 + 88.4 + 88.6) / 3), "seed 1: the later run's point"
+    assert summary["etp_fisher"]["acc_dev"] == pytest.approx(88.0) and summary["etp_fisher"]["acc_dev_std"] == pytest.approx(0.5)
+    assert result["runs"]["dense@1/seed1"]["src"] == "b"
+    assert [s["points"] for s in result["sources"]] == [["dense@1/seed0", "etp_fisher@0.5/seed0"],
+                                                        ["dense@1/seed1", "dense@1/seed2", "etp_fisher@0.5/seed1",
+                                                         "etp_fisher@0.5/seed2"]]
+    assert result["seconds"] == 120.0 and result["machine"] == "m-a + m-b"
+
+    paths = []
+    for name, r in (("a", first), ("b", second)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(r))
+    combine_files(paths, tmp_path / "out", "python benchmarks/sst2.py --combine a.json,b.json")
+    text = (tmp_path / "out" / "sst2.md").read_text()
+    assert "Combined from `a`" in text and "| 0.5 | etp_fisher | 0,1,2 | 88.00 ± 0.50" in text
+
+    other = _sst2_result([("dense", 1.0, 3, 88.0)], "c", budget={"train_subset": 16})
+    with pytest.raises(ForcePruneError, match="different budgets"):
+        combine([first, other], "x")
+    (tmp_path / "bad.json").write_text("{\"points\": []}")
+    with pytest.raises(ForcePruneError, match="not an sst2 suite result"):
+        combine_files([paths[0], tmp_path / "bad.json"], tmp_path / "out2", "x")
+    assert not (tmp_path / "out2").exists(), "nothing is written on bad input"
