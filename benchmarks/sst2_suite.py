@@ -256,7 +256,7 @@ def markdown(result: dict) -> str:
         f"{b['beta_start']} and the budget controller plans it. Dev: {b['dev']}; test: {b['test']}; final numbers, "
         "nothing selected on either. Mean ± std over the seeds listed.",
         "MACs per 64-token sentence (torch-pruning counter + attention matmuls); encoder = the 6 transformer layers. "
-        "Torque and group norm are cut to ETP's per-layer widths (seed 0), so their MACs match ETP's; Fisher search "
+        "Torque and group norm are cut to ETP's per-layer widths (of its first seed), so their MACs match ETP's; Fisher search "
         "meets the same MACs target by its own search.",
         "",
         "| level | method | seeds | dev acc before removal | after removal | final dev acc | Δ dev vs dense | test acc | "
