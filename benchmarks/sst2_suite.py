@@ -321,11 +321,10 @@ def combine(results: list[dict], command: str) -> dict:
     sources = [{"command": r["command"], "date": r["date"], "machine": r["machine"], "seconds": r["seconds"],
                 "points": [f"{k[0]}@{k[1]:g}/seed{k[2]}" for k, i_ in source_of.items() if i_ == i]}
                for i, r in enumerate(results)]
-    return {**results[-1], "command": command, "date": results[-1]["date"],
-            "machine": " + ".join(dict.fromkeys(r["machine"] for r in results)),
+    names = [f"{p['method']}@{p['level']:g}/seed{p['seed']}" for p in kept]
+    return {**results[-1], "command": command, "machine": " + ".join(dict.fromkeys(r["machine"] for r in results)),
             "seconds": sum(r["seconds"] for r in results), "points": kept, "summary": summarise(kept),
-            "runs": {f"{p['method']}@{p['level']:g}/seed{p['seed']}": runs.get(f"{p['method']}@{p['level']:g}/seed{p['seed']}")
-                     for p in kept}, "sources": sources}
+            "runs": {name: runs.get(name) for name in names}, "sources": sources}
 
 
 def combine_files(paths: list[Path], output_dir: Path, command: str) -> dict:
